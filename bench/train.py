@@ -1,0 +1,83 @@
+"""./run.sh bench train: training images/s of the train stage vs a bare timm loop (same model, size, batch, device).
+
+The bare loop trains on tensors already in memory (no decoding, no augmentation, no loader): the ceiling for the
+device. The stage's figure is from its own per-epoch metrics (training steps only, validation excluded), with the
+share of step time spent waiting for the DataLoader. Prints a ratio; no pass/fail.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.executor import run_units
+from pipeline.models import create_model, preprocessing
+from pipeline.plan import build_plan, ensure_images
+from pipeline.runtime import Normalizer, amp_context, pick_device, place_model, setup_torch
+from pipeline.stages import folds as folds_stage
+from pipeline.stages import train as train_stage
+
+from .common import parse
+
+
+def bare_loop(cfg, spec, images: np.ndarray, n_images: int) -> float:
+    device = pick_device(cfg.runtime)
+    setup_torch(cfg.runtime, device)
+    prep = preprocessing(spec)
+    model = place_model(create_model(spec, 10), cfg.runtime, device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    norm = Normalizer(prep["mean"], prep["std"], device, cfg.runtime.channels_last)
+    off = (images.shape[1] - spec.img_size) // 2
+    x_all = torch.from_numpy(images[:, off : off + spec.img_size, off : off + spec.img_size].copy())
+    y_all = torch.randint(0, 10, (len(x_all),))
+    steps = max(3, n_images // spec.batch_size)
+    seen, t0 = 0, None
+    for step in range(steps + 2):  # two warm-up steps
+        if step == 2:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        idx = torch.randint(0, len(x_all), (spec.batch_size,))
+        x, y = norm(x_all[idx]), y_all[idx].to(device)
+        with amp_context(device, cfg.runtime.amp):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        seen += len(idx) if step >= 2 else 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return seen / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    args, cfg, spec = parse(__doc__, lambda p: p.add_argument("--epochs", type=int, default=2))
+    spec.epochs, spec.frozen_epochs, spec.patience = args.epochs, 0, 0
+    cfg.models = [spec]
+    spec.seeds = spec.seeds[:1]
+    plan = build_plan(cfg)
+    folds_stage.run(plan)
+    images = np.load(ensure_images(plan, "train", spec))
+    mu = plan.train[0]
+    n_train = int((plan.comp.train.shape[0]) * (1 - 1 / cfg.folds.n_folds))
+    bare_before = bare_loop(cfg, spec, images, n_train)
+    run_units(plan.store, [mu.unit], lambda u, o: train_stage.train_finetune(plan, mu, o))
+    bare_after = bare_loop(cfg, spec, images, n_train)
+    metrics = pd.read_csv(plan.store.dir(mu.unit) / "metrics.csv")
+    last = metrics.iloc[-1]  # the first epoch includes starting the worker processes
+    bare = (bare_before + bare_after) / 2
+    device = pick_device(cfg.runtime)
+    print(f"device {device}, model {spec.backbone} {spec.img_size}px, batch {spec.batch_size}, "
+          f"workers {cfg.runtime.num_workers}, threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"bare timm loop      : {bare:8.1f} images/s (before {bare_before:.1f}, after {bare_after:.1f})")
+    for _, row in metrics.iterrows():
+        print(f"train stage epoch {int(row['epoch'])}: {row['images_per_s']:8.1f} images/s, "
+              f"waiting for data {100 * row['data_wait_share']:.1f}% of step time")  # fmt: skip
+    print(f"ratio stage/bare (last epoch): {last['images_per_s'] / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()

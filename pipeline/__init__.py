@@ -1,0 +1,1 @@
+"""A staged, cached pipeline for Kaggle-style image classification competitions."""

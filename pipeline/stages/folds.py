@@ -1,0 +1,63 @@
+"""folds: stratified (or stratified-group) k-fold assignment, seeded; published to folds/<competition>.csv."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+from ..config import resolve_path
+from ..executor import log, run_units
+from ..plan import Plan
+from ..store import atomic_write
+
+NAME = "folds"
+
+
+def assign_folds(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
+    """(n,) fold index per row; stratified on y, and grouped (no group in two folds) when groups are given."""
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < n_folds:
+        small = {int(c): int(n) for c, n in enumerate(counts) if 0 < n < n_folds}
+        msg = f"class(es) with fewer members than folds ({n_folds}): {small} (class index: count); "
+        warnings.warn(msg + "some folds will have no validation example of them", stacklevel=2)
+        log(NAME, "WARNING " + msg)
+    if groups is not None:
+        splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y, groups)
+    else:
+        splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+        splits = splitter.split(np.zeros(len(y)), y)
+    fold = np.full(len(y), -1, dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        for k, (_, val) in enumerate(splits):
+            fold[val] = k
+    return fold
+
+
+def run(plan: Plan, force: bool = False) -> None:
+    comp, cfg = plan.comp, plan.cfg
+    published = resolve_path(cfg.runtime.folds_dir) / f"{comp.name}.csv"
+
+    def work(unit, out):
+        groups = comp.train["group"].to_numpy() if "group" in comp.train else None
+        if groups is not None and len(set(groups)) < cfg.folds.n_folds:
+            raise ValueError(f"group column '{cfg.competition.group_col}' has {len(set(groups))} groups, fewer "
+                             f"than folds.n_folds={cfg.folds.n_folds}")  # fmt: skip
+        fold = assign_folds(comp.train["y"].to_numpy(), cfg.folds.n_folds, cfg.folds.seed, groups)
+        table = pd.DataFrame({"id": comp.train["id"], "fold": fold})
+        text = table.to_csv(index=False)
+        if published.is_file() and published.read_text() != text and not force:
+            raise FileExistsError(
+                f"{published} holds another fold assignment than this config gives (folds: {cfg.folds}); "
+                f"move it away, or run `./run.sh folds --force` to replace it"
+            )
+        atomic_write(out / "folds.csv", lambda p: p.write_text(text))
+        atomic_write(published, lambda p: p.write_text(text))
+        sizes = np.bincount(fold).tolist()
+        return {"outputs": ["folds.csv"], "scores": {"sizes": sizes}}
+
+    run_units(plan.store, [plan.folds], work, force=force)

@@ -1,0 +1,111 @@
+"""submit: the blended test probabilities as a CSV in sample_submission.csv's exact format, validated, published as
+`submissions/<competition>-<name>-cv<score>-<key>.csv` with a JSON manifest beside it. Scores the held-out labels
+when the competition has them (the embedded default does)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from importlib import metadata
+
+import numpy as np
+import pandas as pd
+
+from ..config import resolve_path
+from ..executor import log, require_done, run_units
+from ..metrics import score
+from ..plan import Plan
+from ..store import atomic_write, atomic_write_json, stable_hash
+from ..submission import infer_format, make_submission, validate_submission
+
+NAME = "submit"
+PACKAGES = ["torch", "timm", "albumentations", "scikit-learn", "numpy", "pandas", "ttach"]
+
+
+def holdout_score(plan: Plan, probs: np.ndarray) -> float | None:
+    c = plan.cfg.competition
+    if not c.holdout_labels:
+        return None
+    path = plan.cfg.root / c.holdout_labels
+    labels = pd.read_csv(path, dtype=str, keep_default_na=False)
+    by_id = dict(zip(labels.iloc[:, 0], labels.iloc[:, 1]))
+    missing = [i for i in plan.comp.test_ids if i not in by_id][:5]
+    if missing:
+        raise ValueError(f"{path}: no held-out label for test ids {missing}")
+    index = {v: i for i, v in enumerate(plan.comp.classes)}
+    y = np.array([index[by_id[i]] for i in plan.comp.test_ids])
+    return score(c.metric, y, probs)
+
+
+def run(plan: Plan, force: bool = False, kaggle: str | None = None) -> None:
+    cfg, comp = plan.cfg, plan.comp
+    c = cfg.competition
+
+    def work(unit, out):
+        require_done(plan.store, plan.blend)
+        bdir = plan.store.dir(plan.blend)
+        blend = np.load(bdir / "blend.npz")
+        report = json.loads((bdir / "report.json").read_text())
+        if not np.array_equal(blend["test_ids"], comp.test_ids.to_numpy().astype(str)):
+            raise ValueError("the blend's test ids differ from sample_submission.csv; rerun `./run.sh blend --force`")
+        fmt = infer_format(comp.sample, comp.classes, c.task, c.submit_format)
+        sub = make_submission(comp.sample, comp.classes, blend["test_probs"], fmt)
+        validate_submission(sub, comp.sample, fmt, comp.classes)
+        atomic_write(out / "submission.csv", lambda p: sub.to_csv(p, index=False))
+        held = holdout_score(plan, blend["test_probs"])
+        manifest = {
+            "competition": c.name, "name": cfg.submit.name, "format": fmt, "metric": c.metric,
+            "cv": report["oof"], "honest_cv": report["honest_cv"], "best_single": report["best_single"],
+            "models": report["models"], "weights": report["weights"], "per_model_cv": report["single"],
+            "tta": {m: t["chosen"] for m, t in report["tta"].items()}, "blend_method": report["method"],
+            "config_hash": stable_hash(cfg.to_dict()), "config_file": cfg.source, "unit_key": unit.key,
+            "holdout_score": held,
+            "packages": {p: _version(p) for p in PACKAGES}, "created": pd.Timestamp.now().isoformat(timespec="seconds"),
+        }  # fmt: skip
+        atomic_write_json(out / "manifest.json", manifest)
+        return {"outputs": ["submission.csv", "manifest.json"], "scores": {"cv": report["oof"], "holdout": held}}
+
+    run_units(plan.store, [plan.submit], work, force=force, config=cfg.to_dict())
+    out = plan.store.dir(plan.submit)
+    manifest = json.loads((out / "manifest.json").read_text())
+    stem = f"{c.name}-{cfg.submit.name}-cv{manifest['cv']:.4f}-{plan.submit.key[:8]}"
+    dest = resolve_path(cfg.runtime.submissions_dir) / f"{stem}.csv"
+    if not dest.exists():
+        dest.parent.mkdir(exist_ok=True)
+        atomic_write(dest, lambda p: shutil.copyfile(out / "submission.csv", p))
+        atomic_write_json(dest.with_suffix(".json"), {**manifest, "file": dest.name})
+    log(NAME, f"submission: {dest} (CV {c.metric} {manifest['cv']:.4f}, honest "
+              f"{manifest['honest_cv']:.4f})")  # fmt: skip
+    if manifest["holdout_score"] is not None:
+        log(NAME, f"held-out test {c.metric}: {manifest['holdout_score']:.4f} ({len(comp.test_ids)} images)")
+    if kaggle:
+        upload(dest, kaggle, f"{cfg.submit.name} cv={manifest['cv']:.4f} honest={manifest['honest_cv']:.4f}")
+
+
+def upload(path, competition: str, message: str) -> None:
+    if shutil.which("kaggle") is None:
+        raise RuntimeError("--kaggle needs the official Kaggle CLI: pip install kaggle, and ~/.kaggle/kaggle.json")
+    subprocess.run(["kaggle", "competitions", "submit", "-c", competition, "-f", str(path), "-m", message], check=True)
+
+
+def list_submissions(folder) -> None:
+    rows = []
+    for path in folder.glob("*.json"):
+        m = json.loads(path.read_text())
+        rows.append(m)
+    if not rows:
+        print("no submissions yet: run ./run.sh all")
+        return
+    for m in sorted(rows, key=lambda m: m.get("created", ""), reverse=True):
+        w = ", ".join(f"{k}:{v:.2f}" for k, v in m["weights"].items())
+        held = f" held-out {m['holdout_score']:.4f}" if m.get("holdout_score") is not None else ""
+        print(f"{m['created']}  {m['file']}\n    {m['metric']} CV {m['cv']:.4f}  honest {m['honest_cv']:.4f}  "
+              f"best single {m['best_single']:.4f}{held}\n    {m['blend_method']}: {w}")  # fmt: skip
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None

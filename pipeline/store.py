@@ -1,0 +1,169 @@
+"""The unit store: every computed thing is a unit keyed by its content, written atomically, done when marked.
+
+A unit's key hashes (stage, params, input unit keys, stage version). Its outputs live in
+`work/<competition>/<stage>/<name>/<key>/`, so a changed setting never overwrites an earlier result: it gets its own
+folder, and the old one reads as stale. Files are written to a temporary name and renamed; `done.json` (key, params,
+inputs, version, timings, scores) is written last. No marker means not done, whatever else the folder holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DONE = "done.json"
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call write(tmp_path) then rename tmp_path to path, so a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_savez(path: Path, **arrays) -> Path:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_json(path: Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@dataclass
+class Unit:
+    stage: str
+    name: str  # e.g. "lite0/seed0/fold3"
+    params: dict  # the config slice that changes this unit's result
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> that unit's key
+    version: int = 1
+
+    @property
+    def key(self) -> str:
+        return stable_hash({"stage": self.stage, "params": self.params, "inputs": self.inputs, "v": self.version})
+
+    @property
+    def label(self) -> str:
+        return f"{self.stage}/{self.name}"
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def diff_reason(old: dict, unit: Unit) -> str:
+    """Say which part of the key changed between an earlier marker and this unit (for `status`)."""
+    if old.get("version") != unit.version:
+        return f"stage version {old.get('version')} -> {unit.version}"
+    old_p, new_p = _flatten(old.get("params", {})), _flatten(unit.params)
+    changed = [k for k in sorted(set(old_p) | set(new_p)) if old_p.get(k, "<unset>") != new_p.get(k, "<unset>")]
+    if changed:
+        k = changed[0]
+        more = f" (+{len(changed) - 1} more)" if len(changed) > 1 else ""
+        return f"{k}: {old_p.get(k, '<unset>')!r} -> {new_p.get(k, '<unset>')!r}{more}"
+    old_i = old.get("inputs", {})
+    changed = [k for k in sorted(set(old_i) | set(unit.inputs)) if old_i.get(k) != unit.inputs.get(k)]
+    if changed:
+        return f"input {changed[0]} changed" + (f" (+{len(changed) - 1} more)" if len(changed) > 1 else "")
+    return "key changed"
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def dir(self, unit: Unit) -> Path:
+        return self.root / unit.stage / unit.name / unit.key
+
+    def is_done(self, unit: Unit) -> bool:
+        marker = self.dir(unit) / DONE
+        return marker.is_file() and json.loads(marker.read_text()).get("key") == unit.key
+
+    def marker(self, unit: Unit) -> dict:
+        marker = self.dir(unit) / DONE
+        if not marker.is_file():
+            raise FileNotFoundError(f"unit {unit.label} is not done (no {marker}); run its stage first")
+        return json.loads(marker.read_text())
+
+    def begin(self, unit: Unit, config: dict | None = None) -> Path:
+        d = self.dir(unit)
+        d.mkdir(parents=True, exist_ok=True)
+        meta = {"key": unit.key, "stage": unit.stage, "name": unit.name, "params": unit.params, "inputs": unit.inputs}
+        atomic_write_json(d / "unit.json", meta)
+        if config is not None:
+            atomic_write_json(d / "config.json", config)
+        return d
+
+    def finish(self, unit: Unit, started: float, outputs: list[str], scores: dict | None = None, **extra) -> dict:
+        d = self.dir(unit)
+        missing = [o for o in outputs if not (d / o).exists()]
+        if missing:
+            raise RuntimeError(f"unit {unit.label}: declared outputs missing in {d}: {missing}")
+        marker = {
+            "key": unit.key,
+            "stage": unit.stage,
+            "name": unit.name,
+            "params": unit.params,
+            "inputs": unit.inputs,
+            "version": unit.version,
+            "outputs": outputs,
+            "scores": scores or {},
+            "seconds": round(time.time() - started, 3),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **extra,
+        }
+        atomic_write_json(d / DONE, marker)
+        return marker
+
+    def status(self, unit: Unit, partial_file: str | None = None) -> tuple[str, str]:
+        """Return (state, reason): done | partial | stale | missing."""
+        if self.is_done(unit):
+            return "done", ""
+        if partial_file and (self.dir(unit) / partial_file).exists():
+            return "partial", "resumable"
+        siblings = sorted(
+            (self.root / unit.stage / unit.name).glob(f"*/{DONE}"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        if siblings:
+            return "stale", diff_reason(json.loads(siblings[0].read_text()), unit)
+        return "missing", ""

@@ -1,0 +1,54 @@
+import pytest
+
+from pipeline.config import ConfigError, load_config
+
+
+def write(tmp, text):
+    p = tmp / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = "competition: {name: x}\nmodels: [{name: m, backbone: test_efficientnet, weights: none}]\n"
+
+
+def test_defaults_and_model_merge(tmp):
+    cfg = load_config(write(tmp, BASE + "train: {img_size: 40, epochs: 3}\n"))
+    (m,) = cfg.models
+    assert (m.img_size, m.epochs, m.batch_size) == (40, 3, 64)
+
+
+def test_unknown_key_is_named(tmp):
+    with pytest.raises(ConfigError, match="'folds.nfolds'"):
+        load_config(write(tmp, BASE + "folds: {nfolds: 3}\n"))
+    with pytest.raises(ConfigError, match="'train.epoch'"):
+        load_config(write(tmp, BASE + "train: {epoch: 3}\n"))
+    with pytest.raises(ConfigError, match=r"models\[0\]\.lrr"):
+        load_config(write(tmp, "models: [{name: m, lrr: 1}]\n"))
+
+
+def test_wrong_type_and_choice_are_named(tmp):
+    with pytest.raises(ConfigError, match="'folds.n_folds': expected int"):
+        load_config(write(tmp, BASE + "folds: {n_folds: five}\n"))
+    with pytest.raises(ConfigError, match="'blend.method'"):
+        load_config(write(tmp, BASE + "blend: {method: magic}\n"))
+
+
+def test_set_overrides_by_index_and_name(tmp):
+    cfg = load_config(write(tmp, BASE), ["folds.n_folds=7", "models.0.seeds=[1, 2]", "models.m.lr=0.5"])
+    assert cfg.folds.n_folds == 7
+    assert cfg.models[0].seeds == [1, 2]
+    assert cfg.models[0].lr == 0.5
+    with pytest.raises(ConfigError, match="'nosuch'"):
+        load_config(write(tmp, BASE), ["models.nosuch.lr=1"])
+
+
+def test_per_model_file_holds_overrides(tmp):
+    (tmp / "m.yaml").write_text("epochs: 9\nlr: 0.1\n")
+    cfg = load_config(write(tmp, "models: [{name: a, base: m.yaml, lr: 0.2}]\n"))
+    assert (cfg.models[0].epochs, cfg.models[0].lr) == (9, 0.2)
+
+
+def test_default_config_loads():
+    cfg = load_config(None)
+    assert cfg.competition.embedded == "digits" and cfg.models
