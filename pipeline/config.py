@@ -93,7 +93,7 @@ TRAIN_KEYS = [f.name for f in dataclasses.fields(ModelSpec)][
 
 @dataclass
 class Predict:
-    views: str = "ten-crop"  # the TTA views computed and cached: none | hflip | vflip | d4 | five-crop | ten-crop
+    views: str = "ten-crop"  # TTA views computed and cached: a policy of tta.POLICIES
     batch_size: int = 128
 
 
@@ -156,9 +156,9 @@ CHOICES = {
     "competition.submit_format": {"auto", "label", "probability", "class_probs"},
     "competition.embedded": {None, "digits"},
     "models.kind": {"finetune", "head"},
-    "predict.views": {"none", "hflip", "vflip", "d4", "five-crop", "ten-crop"},
+    "predict.views": {"none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.method": {"mean", "rank", "caruana", "simplex"},
-    "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop"},
+    "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.merge": {"mean", "gmean"},
 }
 

@@ -38,7 +38,7 @@ class Plan:
     cfg: Config
     comp: Competition
     store: Store
-    table_key: str
+    tables: dict[str, str]  # split -> key of its table
     folds: Unit
     images: dict[tuple[str, int, str], Unit] = field(default_factory=dict)
     features: dict[str, Unit] = field(default_factory=dict)  # model name -> features unit (head models)
@@ -60,7 +60,7 @@ class Plan:
             self.images[k] = Unit(
                 "images", f"{split}/{prep['cache_size']}px-{prep['interpolation']}",
                 {"size": prep["cache_size"], "interpolation": prep["interpolation"]},
-                {"pixels": self.fingerprint(split), "table": self.table_key}, VERSIONS["images"],
+                {"pixels": self.fingerprint(split), "table": self.tables[split]}, VERSIONS["images"],
             )  # fmt: skip
         return self.images[k]
 
@@ -72,19 +72,21 @@ class Plan:
         return [(u, PARTIAL.get(u.stage)) for u in out]
 
 
-def table_hash(comp: Competition) -> str:
+def table_hashes(comp: Competition) -> dict[str, str]:
+    """Separate keys for the train table (ids, targets, groups) and the test ids, so that a reordered
+    sample_submission redoes test predictions only, and new train labels never reuse a test cache."""
     cols = ["id", "target"] + (["group"] if "group" in comp.train else [])
-    return stable_hash({"train": comp.train[cols].to_numpy().tolist(), "test": comp.test_ids.tolist()})
+    return {"train": stable_hash(comp.train[cols].to_numpy().tolist()), "test": stable_hash(comp.test_ids.tolist())}
 
 
 def build_plan(cfg: Config) -> Plan:
     comp = load_competition(cfg)
     store = Store(cfg.work)
-    tkey = table_hash(comp)
+    tables = table_hashes(comp)
     c = cfg.competition
-    folds = Unit("folds", c.name, {**dataclasses.asdict(cfg.folds), "group_col": c.group_col}, {"table": tkey},
-                 VERSIONS["folds"])  # fmt: skip
-    plan = Plan(cfg, comp, store, tkey, folds)
+    fold_params = {**dataclasses.asdict(cfg.folds), "group_col": c.group_col}
+    folds = Unit("folds", c.name, fold_params, {"table": tables["train"]}, VERSIONS["folds"])
+    plan = Plan(cfg, comp, store, tables, folds)
     views = views_for(cfg.predict.views)
     for spec in cfg.models:
         prep = preprocessing(spec)
@@ -117,7 +119,7 @@ def build_plan(cfg: Config) -> Plan:
                       VERSIONS["blend"])  # fmt: skip
     plan.submit = Unit("submit", cfg.submit.name,
                        {"name": cfg.submit.name, "format": c.submit_format, "task": c.task},
-                       {"blend": plan.blend.key, "table": tkey}, VERSIONS["submit"])  # fmt: skip
+                       {"blend": plan.blend.key, **tables}, VERSIONS["submit"])  # fmt: skip
     return plan
 
 

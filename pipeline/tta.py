@@ -20,6 +20,7 @@ POLICIES: dict[str, list[str]] = {
            "center_hflip", "center_hflip_rot90", "center_hflip_rot180", "center_hflip_rot270"],
     "five-crop": FIVE,
     "ten-crop": FIVE + [f"{v}_hflip" for v in FIVE],
+    "multiscale": ["center", "full", "zoom"],
 }  # fmt: skip
 
 
@@ -35,6 +36,11 @@ def policies_within(views: list[str]) -> list[str]:
 
 def _crop(x: torch.Tensor, where: str, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
+    if where in ("full", "zoom"):  # multiscale: the whole cached image, or a tighter centre crop, resized to size
+        side = h if where == "full" else max(1, round(size * size / h))
+        t = (h - side) // 2
+        part = x[..., t : t + side, t : t + side]
+        return torch.nn.functional.interpolate(part, size=(size, size), mode="bilinear", antialias=side > size)
     top = {"t": 0, "b": h - size, "c": (h - size) // 2}
     left = {"l": 0, "r": w - size, "c": (w - size) // 2}
     t, l = (top["c"], left["c"]) if where == "center" else (top[where[0]], left[where[1]])

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import REPO, ConfigError, load_config
 
 
 def write(tmp, text):
@@ -52,3 +52,8 @@ def test_per_model_file_holds_overrides(tmp):
 def test_default_config_loads():
     cfg = load_config(None)
     assert cfg.competition.embedded == "digits" and cfg.models
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("configs/*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    assert load_config(path).models

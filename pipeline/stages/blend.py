@@ -114,6 +114,9 @@ def run(plan: Plan, force: bool = False) -> None:
             test_ids=comp.test_ids.to_numpy().astype(str),
         )
         log(NAME, f"weights {report['weights']}")
+        if len(names) > 1:  # low error correlation = diverse models, where blending gains most
+            for name, row in zip(names, corr):
+                log(NAME, f"OOF error correlation {name:>16}: " + " ".join(f"{v:+.2f}" for v in row))
         log(
             NAME,
             f"{metric}: blend OOF {scores['oof']:.4f}, honest CV {scores['honest_cv']:.4f}, best single "

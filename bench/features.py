@@ -1,0 +1,53 @@
+"""./run.sh bench features: a softmax head on cached frozen-backbone features vs fine-tuning, on one fold.
+
+Same backbone, weights, image size and fold. The head path's time includes computing the features of every train and
+test image once (centre view); a second head (another seed or C) then costs only the fit. Prints times, their ratio
+and both fold scores; no pass/fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from pipeline.executor import run_units
+from pipeline.plan import build_plan
+from pipeline.stages import features as features_stage
+from pipeline.stages import folds as folds_stage
+from pipeline.stages import train as train_stage
+
+from .common import parse
+
+
+def main() -> None:
+    args, cfg, spec = parse(__doc__)
+    head = copy.deepcopy(spec)
+    head.name, head.kind, head.seeds = f"{spec.name}-head", "head", [0]
+    tuned = copy.deepcopy(spec)
+    tuned.seeds = [0]
+    cfg.models = [tuned, head]
+    cfg.predict.views = "none"
+    plan = build_plan(cfg)
+    folds_stage.run(plan)
+    mu_tuned = next(m for m in plan.train if m.spec.kind == "finetune" and m.fold == 0)
+    mu_head = next(m for m in plan.train if m.spec.kind == "head" and m.fold == 0)
+
+    t0 = time.perf_counter()
+    features_stage.run(plan)
+    t_feat = time.perf_counter() - t0
+    (m_head,) = run_units(plan.store, [mu_head.unit], lambda u, o: train_stage.train_head(plan, mu_head, o))
+    t_head = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    (m_tuned,) = run_units(plan.store, [mu_tuned.unit], lambda u, o: train_stage.train_finetune(plan, mu_tuned, o))
+    t_tuned = time.perf_counter() - t1
+    metric = cfg.competition.metric
+    print(f"model {spec.backbone} {spec.img_size}px, weights {spec.weights}, fold 0 of {cfg.folds.n_folds}")
+    print(f"head on cached features: {t_head:7.1f}s (features {t_feat:.1f}s, fit {t_head - t_feat:.1f}s)  "
+          f"fold {metric} {m_head['scores'][metric]:.4f}")  # fmt: skip
+    print(f"fine-tuning ({tuned.epochs} epochs) : {t_tuned:7.1f}s  fold {metric} {m_tuned['scores'][metric]:.4f}")
+    fit = max(t_head - t_feat, 1e-9)
+    print(f"time ratio fine-tune / head: {t_tuned / t_head:.1f}x (fit alone: {t_tuned / fit:.0f}x)")
+
+
+if __name__ == "__main__":
+    main()
