@@ -16,7 +16,7 @@ import torch
 from pipeline.executor import run_units
 from pipeline.models import create_model, preprocessing
 from pipeline.plan import build_plan, ensure_images
-from pipeline.runtime import Normalizer, amp_context, pick_device, place_model, setup_torch
+from pipeline.runtime import Normalizer, amp_context, pick_device, place_model, resolve_workers, setup_torch
 from pipeline.stages import folds as folds_stage
 from pipeline.stages import train as train_stage
 
@@ -71,7 +71,7 @@ def main() -> None:
     bare = (bare_before + bare_after) / 2
     device = pick_device(cfg.runtime)
     print(f"device {device}, model {spec.backbone} {spec.img_size}px, batch {spec.batch_size}, "
-          f"workers {cfg.runtime.num_workers}, threads {torch.get_num_threads()}")  # fmt: skip
+          f"workers {resolve_workers(cfg.runtime.num_workers, device)}, threads {torch.get_num_threads()}")  # fmt: skip
     print(f"bare timm loop      : {bare:8.1f} images/s (before {bare_before:.1f}, after {bare_after:.1f})")
     for _, row in metrics.iterrows():
         print(f"train stage epoch {int(row['epoch'])}: {row['images_per_s']:8.1f} images/s, "

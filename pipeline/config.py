@@ -114,7 +114,7 @@ class Submit:
 @dataclass
 class Runtime:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    num_workers: int = 2
+    num_workers: int = -1  # DataLoader worker processes; -1: auto (see runtime.resolve_workers)
     work_dir: str = "work"
     folds_dir: str = "folds"  # where fold assignments are published (worth committing)
     submissions_dir: str = "submissions"

@@ -21,7 +21,7 @@ from .store import Store, Unit, stable_hash
 from .tta import views_for
 
 # bump a stage's version when a code change alters what that stage writes
-VERSIONS = {"folds": 1, "images": 1, "features": 1, "train": 1, "predict": 1, "blend": 1, "submit": 1}
+VERSIONS = {"folds": 1, "images": 1, "features": 1, "train": 2, "predict": 1, "blend": 1, "submit": 1}
 PARTIAL = {"train": "resume.pt"}  # a file whose presence means a resumable, unfinished unit
 
 
@@ -143,7 +143,7 @@ def ensure_images(plan: Plan, split: str, spec: ModelSpec) -> Path:
 
     def work(u: Unit, out: Path) -> dict:
         build_image_cache(plan.comp, split, prep["cache_size"], prep["interpolation"], out / "images.npy",
-                          workers=max(1, plan.cfg.runtime.num_workers))  # fmt: skip
+                          workers=max(2, plan.cfg.runtime.num_workers))  # fmt: skip
         return {"outputs": ["images.npy"], "scores": {"n": len(plan.comp.sources(split))}}
 
     run_units(plan.store, [unit], work)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from .config import Runtime
-from .tta import stack_views
+from .tta import make_view, stack_views
 
 
 def pick_device(rt: Runtime) -> torch.device:
@@ -65,7 +66,17 @@ class Normalizer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
+def resolve_workers(num_workers: int, device: torch.device) -> int:
+    """-1 (auto): on CUDA, all cores but one feed the GPU (at most 8). On CPU the workers compete with training for
+    the same cores: measured on 2 cores (bench train), 0 workers ran at 0.93 of a bare loop, 1 at 0.89, 2 at 0.83."""
+    if num_workers >= 0:
+        return num_workers
+    cpus = os.cpu_count() or 1
+    return min(8, cpus - 1) if device.type == "cuda" else max(0, min(4, (cpus - 2) // 2))
+
+
 def make_loader(dataset, batch_size: int, num_workers: int, device: torch.device, sampler=None, shuffle=False):
+    num_workers = resolve_workers(num_workers, device)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -76,6 +87,9 @@ def make_loader(dataset, batch_size: int, num_workers: int, device: torch.device
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         drop_last=False,
+        # its own generator: starting an iterator (e.g. after a resume) must not draw from the global torch RNG,
+        # which the training loop reseeds per epoch for dropout and mixup
+        generator=torch.Generator().manual_seed(0),
     )
 
 
@@ -99,18 +113,27 @@ def run_views(
     features: bool = False,
     desc: str = "",
     show: bool = False,
-    max_batch: int = 1024,
+    max_batch: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forward every view of every sample. Returns (rows (N,), out (V, N, K)): K classes (probabilities) or
-    K features (pre-logits embeddings). Rows are the dataset row indices carried by the loader."""
+    K features (pre-logits embeddings). Rows are the dataset row indices carried by the loader.
+
+    Views are built on the device and forwarded in chunks of max_batch images. Default per device, from
+    `bench tta`: on CUDA all views of a batch stacked into one forward (up to 1024 images); on CPU one view at a time
+    (a 640-image stacked batch ran at 0.65x the speed of ten 64-image ones on 2 cores)."""
     model.eval()
     device = norm.device
     outs, rows = [], []
     for images, _, idx in progress(loader, len(loader), desc, show):
         x = norm(images)
-        x = stack_views(x, views, img_size)  # (V*B, C, size, size), view-major
+        chunk = max_batch or (1024 if device.type == "cuda" else len(idx))
+        if chunk <= len(idx):  # one view at a time (split further if a batch exceeds max_batch)
+            parts = [p for v in views for p in torch.split(make_view(x, v, img_size), chunk)]
+        else:  # views stacked view-major into (V*B, C, size, size), forwarded in chunks
+            parts = list(torch.split(stack_views(x, views, img_size), chunk))
         chunks = []
-        for part in torch.split(x, max_batch):
+        for part in parts:
+            part = part.contiguous(memory_format=torch.channels_last if norm.channels_last else torch.contiguous_format)
             with amp_context(device, amp):
                 y = model.forward_head(model.forward_features(part), pre_logits=True) if features else model(part)
             y = y.float()

@@ -15,7 +15,7 @@ BASE = "competition: {name: x}\nmodels: [{name: m, backbone: test_efficientnet, 
 def test_defaults_and_model_merge(tmp):
     cfg = load_config(write(tmp, BASE + "train: {img_size: 40, epochs: 3}\n"))
     (m,) = cfg.models
-    assert (m.img_size, m.epochs, m.batch_size) == (40, 3, 64)
+    assert (m.img_size, m.epochs, m.batch_size) == (40, 3, 32)  # batch_size: the schema default
 
 
 def test_unknown_key_is_named(tmp):
