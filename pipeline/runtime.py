@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import time
-from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -142,20 +140,3 @@ def run_views(
         outs.append(y.cpu().numpy())
         rows.append(np.asarray(idx))
     return np.concatenate(rows), np.concatenate(outs, axis=1)
-
-
-class Timer:
-    def __init__(self):
-        self.t0 = time.time()
-
-    def __str__(self) -> str:
-        return f"{time.time() - self.t0:.1f}s"
-
-    @property
-    def seconds(self) -> float:
-        return time.time() - self.t0
-
-
-def iter_batches(n: int, size: int) -> Iterator[slice]:
-    for i in range(0, n, size):
-        yield slice(i, min(n, i + size))

@@ -117,10 +117,6 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, n_classes: int, spec, smoothing:
     return x, lam * target + (1 - lam) * target[perm]
 
 
-def _state_params(mu: ModelUnit) -> dict:
-    return {k: v for k, v in mu.unit.params.items()}
-
-
 def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
     cfg, comp, spec, seed, fold = plan.cfg, plan.comp, mu.spec, mu.seed, mu.fold
     rt = cfg.runtime
@@ -152,9 +148,9 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
     resume = out / "resume.pt"
     if resume.exists():
         state = torch.load(resume, map_location="cpu", weights_only=True)
-        if state["params"] != _state_params(mu):
-            changed = [k for k in state["params"] if state["params"][k] != _state_params(mu).get(k)]
-            raise RuntimeError(f"{resume} was written with other settings ({changed}); refusing to resume")
+        if state["params"] != mu.unit.params:  # only if a resume.pt was moved by hand: keys make this impossible
+            changed = sorted(k for k in state["params"] if state["params"][k] != mu.unit.params.get(k))
+            raise RuntimeError(f"{resume} was written with other settings (changed: {changed}); refusing to resume")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -218,7 +214,7 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
         state = {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else {}, "epoch": epoch, "best": best,
-            "best_epoch": best_epoch, "history": history, "params": _state_params(mu),
+            "best_epoch": best_epoch, "history": history, "params": mu.unit.params,
         }  # fmt: skip
         atomic_write(resume, lambda p, s=state: torch.save(s, p))
         if spec.patience and epoch - best_epoch >= spec.patience:
