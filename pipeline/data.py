@@ -225,15 +225,16 @@ def fingerprint(comp: Competition, split: str, stat_cache: Path) -> str:
     if pixels is not None:
         return stable_hash([list(pixels.shape), _bytes_hash(np.ascontiguousarray(pixels).tobytes())])
     cache = json.loads(stat_cache.read_text()) if stat_cache.is_file() else {}
-    hashes = []
+    hashes, changed = [], False
     for path in comp.sources(split):
         st = os.stat(path)
         rec = cache.get(path)
         if not rec or rec[0] != st.st_size or rec[1] != st.st_mtime_ns:
             rec = [st.st_size, st.st_mtime_ns, _bytes_hash(Path(path).read_bytes())]
-            cache[path] = rec
+            cache[path], changed = rec, True
         hashes.append(rec[2])
-    atomic_write_json(stat_cache, cache)
+    if changed:  # rewritten only when a file was (re)hashed: `status` and skipped runs write nothing
+        atomic_write_json(stat_cache, cache)
     return stable_hash(hashes)
 
 
