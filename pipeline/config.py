@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -168,6 +169,9 @@ def resolve_path(p: str | Path) -> Path:
     return p if p.is_absolute() else REPO / p
 
 
+_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(value: Any, tp: Any, key: str) -> Any:
     """Return value converted to tp where that is lossless (int -> float), else raise ConfigError naming key."""
     if tp is Any:
@@ -192,6 +196,8 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
         return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str) and _EXP_FLOAT.fullmatch(value.strip()):
+        return float(value)  # PyYAML (YAML 1.1) reads 1e-3 as a string; it needs a dot (1.0e-3) to be a float
     if tp is dict and isinstance(value, dict):
         return value
     if tp in (int, float, str, bool) and type(value) is tp:

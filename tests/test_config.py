@@ -39,6 +39,12 @@ def test_set_overrides_by_index_and_name(tmp):
     assert cfg.folds.n_folds == 7
     assert cfg.models[0].seeds == [1, 2]
     assert cfg.models[0].lr == 0.5
+    # YAML 1.1 reads 3e-3 (no dot) as a string: accepted for float keys, still refused for ints and words
+    assert load_config(write(tmp, BASE), ["train.lr=3e-3"]).models[0].lr == 0.003
+    with pytest.raises(ConfigError, match=r"models\[0\]\.epochs': expected int"):
+        load_config(write(tmp, BASE), ["train.epochs=1e3"])
+    with pytest.raises(ConfigError, match=r"models\[0\]\.lr': expected float"):
+        load_config(write(tmp, BASE), ["train.lr=fast"])
     with pytest.raises(ConfigError, match="'nosuch'"):
         load_config(write(tmp, BASE), ["models.nosuch.lr=1"])
 
