@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,7 +285,9 @@ class ImageDataset(torch.utils.data.Dataset):
         img = np.array(self._arr[row])  # a writable copy out of the read-only memory map
         if self.transform is not None:
             if seed is not None:
-                self.transform.set_random_seed(seed)
+                # one stream shared by every transform. Compose.set_random_seed would give each transform its own
+                # generator seeded alike, so their draws coincide (a p=0.5 hflip and vflip always together)
+                self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
             img = self.transform(image=img)["image"]
         label = -1 if self.labels is None else int(self.labels[row])
         return torch.from_numpy(np.ascontiguousarray(img)), label, row  # ids travel as row indices
