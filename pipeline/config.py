@@ -85,6 +85,7 @@ class ModelSpec:
     augment: Any = "light"  # preset name (none | light | medium | heavy) or a list of albumentations specs
     head_c: float = 1.0  # head kind: inverse L2 strength of the multinomial logistic regression
     compile: bool = False
+    refit: bool = False  # also train one model per seed on every train row; its test predictions replace the folds'
 
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(ModelSpec)][
@@ -316,8 +317,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def model_params(spec: ModelSpec) -> dict:
-    """The fields of a model spec that change its trained weights (not its name or seed list)."""
+    """The fields of a model spec that change its trained weights (not its name, seed list or refit)."""
     d = dataclasses.asdict(spec)
-    for k in ("name", "seeds"):
+    for k in ("name", "seeds", "refit"):
         d.pop(k)
     return d

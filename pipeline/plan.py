@@ -22,6 +22,7 @@ from .tta import views_for
 
 # bump a stage's version when a code change alters what that stage writes
 VERSIONS = {"folds": 1, "images": 1, "features": 1, "train": 3, "predict": 1, "blend": 1, "submit": 1}
+FULL = -1  # the fold index of a full-data (refit) unit: trained on every train row, no held-out rows
 PARTIAL = {"train": "resume.pt"}  # a file whose presence means a resumable, unfinished unit
 
 
@@ -107,9 +108,9 @@ def build_plan(cfg: Config) -> Plan:
             "n_classes": comp.n_classes,
         }
         for seed in spec.seeds:
-            for fold in range(cfg.folds.n_folds):
-                t = Unit("train", f"{spec.name}/seed{seed}/fold{fold}", {**params, "seed": seed, "fold": fold}, inputs,
-                         VERSIONS["train"])  # fmt: skip
+            for fold in [*range(cfg.folds.n_folds), *([FULL] if spec.refit else [])]:
+                name = f"{spec.name}/seed{seed}/" + ("full" if fold == FULL else f"fold{fold}")
+                t = Unit("train", name, {**params, "seed": seed, "fold": fold}, inputs, VERSIONS["train"])
                 plan.train.append(ModelUnit(spec, seed, fold, t))
                 p_inputs = {"model": t.key, **({"features": inputs["features"]} if spec.kind == "head" else imgs)}
                 p = Unit("predict", t.name, {"views": views}, p_inputs, VERSIONS["predict"])

@@ -32,8 +32,8 @@ def setup_torch(rt: Runtime, device: torch.device) -> None:
 
 
 def derive_seed(*parts: int) -> int:
-    """A 63-bit seed that is a pure function of its parts (seed, fold, epoch, ...)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed that is a pure function of its parts (seed, fold, epoch, ...; the full-data fold is -1)."""
+    return int(np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def amp_context(device: torch.device, enabled: bool):

@@ -1,9 +1,13 @@
 """End to end through run.sh on tiny competitions: a valid submission, then caching that redoes only what changed."""
 
+import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
+
+from pipeline.tta import POLICIES, merge
 
 from .conftest import run_cli, write_config
 
@@ -67,3 +71,28 @@ def test_stage_alone_says_what_is_missing(tmp):
     cfg = str(write_config(tmp, "csv"))
     proc = run_cli("train", "--config", cfg, check=False)
     assert proc.returncode == 1 and "folds/tiny-csv is not done" in proc.stderr
+
+
+def test_refit_trains_full_data_units_and_their_test_predictions_are_submitted(tmp):
+    models = [{"name": "tiny", "backbone": "test_efficientnet", "weights": "none"},
+              {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
+    cfg = str(write_config(tmp, "csv", models=models))
+    run_cli("all", "--config", cfg)
+    refit = run_cli("all", "--config", cfg, "--set", "train.refit=true").stdout
+    # turning refit on trains one full-data unit per model and seed; the fold models are kept
+    assert sorted(ran(refit, "train")) == ["tiny-head/seed0/full", "tiny/seed0/full"]
+    assert sorted(ran(refit, "predict")) == ["tiny-head/seed0/full", "tiny/seed0/full"]
+    assert refit.count("test from full-data refit") == 2
+
+    work = tmp / "work" / "tiny-csv"
+    newest = max(work.glob("blend/blend/*/blend.npz"), key=lambda p: p.stat().st_mtime)
+    report = json.loads((newest.parent / "report.json").read_text())
+    expected = 0
+    for name in ("tiny", "tiny-head"):
+        (full,) = work.glob(f"predict/{name}/seed0/full/*/preds.npz")
+        d = np.load(full)
+        assert d["oof_probs"].shape[1] == 0 and d["test_probs"].shape[1] == 9  # no held-out rows, every test id
+        pol, how = report["tta"][name]["chosen"].split("/")
+        views = [list(d["views"]).index(v) for v in POLICIES[pol]]
+        expected = expected + report["weights"][name] * merge(d["test_probs"][views].astype(np.float64), how)
+    np.testing.assert_allclose(np.load(newest)["test_probs"], expected, atol=1e-6)

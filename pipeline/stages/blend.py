@@ -14,7 +14,7 @@ import numpy as np
 from ..blending import bootstrap_gain, make_blend, nested_cv
 from ..executor import log, require_done, run_units
 from ..metrics import GREATER_IS_BETTER, score
-from ..plan import Plan, read_folds
+from ..plan import FULL, Plan, read_folds
 from ..store import atomic_savez, atomic_write_json
 from ..tta import POLICIES, merge, policies_within
 
@@ -22,10 +22,11 @@ NAME = "blend"
 
 
 def gather(plan: Plan) -> dict[str, dict]:
-    """Per model: oof (V, N, C) averaged over seeds, test (V, n_test, C) averaged over folds and seeds, views."""
+    """Per model: oof (V, N, C) averaged over seeds, test (V, n_test, C) averaged over folds and seeds (over its
+    full-data units instead when the model has `refit`), views."""
     comp = plan.comp
     n, c = len(comp.train), comp.n_classes
-    acc: dict[str, dict] = defaultdict(lambda: {"oof": defaultdict(lambda: None), "test": []})
+    acc: dict[str, dict] = defaultdict(lambda: {"oof": defaultdict(lambda: None), "test": [], "full": []})
     for mu in plan.predict:
         require_done(plan.store, mu.unit)
         d = np.load(plan.store.dir(mu.unit) / "preds.npz")
@@ -35,6 +36,9 @@ def gather(plan: Plan) -> dict[str, dict]:
             raise ValueError(f"{mu.unit.label}: OOF ids do not match their rows; rerun predict")
         m = acc[mu.spec.name]
         m["views"] = [str(v) for v in d["views"]]
+        if mu.fold == FULL:
+            m["full"].append(d["test_probs"].astype(np.float64))
+            continue
         if m["oof"][mu.seed] is None:
             m["oof"][mu.seed] = (np.zeros((len(m["views"]), n, c)), np.zeros(n, dtype=int))
         oof, seen = m["oof"][mu.seed]
@@ -48,8 +52,14 @@ def gather(plan: Plan) -> dict[str, dict]:
                 bad = comp.train["id"].to_numpy()[seen != 1][:5].tolist()
                 raise ValueError(f"model {name} seed {seed}: OOF must cover every train row once; not so for {bad}")
         oofs = [o for o, _ in m["oof"].values()]
-        out[name] = {"views": m["views"], "oof": np.mean(oofs, axis=0), "test": np.mean(m["test"], axis=0)}
+        test = m["full"] or m["test"]
+        out[name] = {"views": m["views"], "oof": np.mean(oofs, axis=0), "test": np.mean(test, axis=0),
+                     "refit": bool(m["full"])}  # fmt: skip
     return out
+
+
+def test_from(m: dict) -> str:
+    return "full-data refit" if m["refit"] else "fold models"
 
 
 def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tta: str, merge_how: str):
@@ -85,9 +95,9 @@ def run(plan: Plan, force: bool = False) -> None:
             idx = [m["views"].index(v) for v in POLICIES[pol]]
             oofs.append(merge(m["oof"][idx], how))
             tests.append(merge(m["test"][idx], how))
-            tta_report[name] = {"chosen": f"{pol}/{how}", "table": table}
+            tta_report[name] = {"chosen": f"{pol}/{how}", "table": table, "test_from": test_from(m)}
             single[name] = score(metric, y, oofs[-1])
-            log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}")
+            log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}; test from {test_from(m)}")
         blender = make_blend(b.method, metric, b.seed).fit(oofs, y)
         oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
         honest, fold_weights = nested_cv(b.method, metric, oofs, y, folds, b.seed)

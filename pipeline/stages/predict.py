@@ -50,6 +50,9 @@ def _predict_network(plan: Plan, mu: ModelUnit, train_dir, views: list[str], va_
     norm = Normalizer(prep["mean"], prep["std"], device, rt.channels_last)
     out = []
     for split, rows in (("train", va_rows), ("test", np.arange(len(plan.comp.test_ids)))):
+        if not len(rows):  # a full-data (refit) unit has no OOF rows
+            out.append(np.zeros((len(views), 0, plan.comp.n_classes), np.float32))
+            continue
         cache = ensure_images(plan, split, spec)
         loader = make_loader(ImageDataset(cache, rows), cfg.predict.batch_size, rt.num_workers, device)
         got_rows, probs = run_views(model, loader, views, spec.img_size, norm, rt.amp,
@@ -78,6 +81,8 @@ def run(plan: Plan, force: bool = False) -> None:
             "test_probs": test_probs.astype(np.float32),
         }  # fmt: skip
         atomic_savez(out / "preds.npz", **arrays)
+        if not len(va_rows):
+            return {"outputs": ["preds.npz"], "scores": {"test_rows": len(comp.test_ids)}}
         acc = float((oof_probs[0].argmax(1) == comp.train["y"].to_numpy()[va_rows]).mean())
         return {"outputs": ["preds.npz"], "scores": {"oof_acc_center": acc}}
 

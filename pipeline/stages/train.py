@@ -50,7 +50,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.fold, self.epoch])
+        rng = np.random.default_rng([self.seed, self.fold % 2**32, self.epoch])  # the full-data fold is -1
         order = rng.permutation(self.n)
         seeds = rng.integers(0, 2**31 - 1, self.n)
         return iter(zip(order.tolist(), seeds.tolist()))
@@ -162,7 +162,8 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
     ds = ImageDataset(cache, tr_rows, y_all, train_transform(spec.augment, spec.img_size, prep["cache_size"]))
     sampler = EpochSampler(len(tr_rows), seed, fold)
     loader = make_loader(ds, spec.batch_size, rt.num_workers, device, sampler=sampler)
-    val_loader = make_loader(ImageDataset(cache, va_rows, y_all), cfg.predict.batch_size, rt.num_workers, device)
+    if len(va_rows):
+        val_loader = make_loader(ImageDataset(cache, va_rows, y_all), cfg.predict.batch_size, rt.num_workers, device)
     steps_per_epoch = math.ceil(len(loader) / spec.accum_steps)
     frozen = min(spec.frozen_epochs, spec.epochs)
     for epoch in range(start, spec.epochs):
@@ -200,9 +201,12 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t_epoch
         eval_model = ema.module if ema is not None else model
-        rows, probs = run_views(eval_model, val_loader, ["center"], spec.img_size, norm, rt.amp)
-        val = score(cfg.competition.metric, y_all[rows], probs[0])
-        improved = best is None or better(cfg.competition.metric, val, best)
+        if len(va_rows):
+            rows, probs = run_views(eval_model, val_loader, ["center"], spec.img_size, norm, rt.amp)
+            val = score(cfg.competition.metric, y_all[rows], probs[0])
+            improved = best is None or better(cfg.competition.metric, val, best)
+        else:  # a full-data (refit) unit has no held-out rows: it keeps its last epoch
+            val, improved = None, epoch == spec.epochs - 1
         if improved:
             best, best_epoch = val, epoch
             weights = {k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}
@@ -217,7 +221,7 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
             "best_epoch": best_epoch, "history": history, "params": mu.unit.params,
         }  # fmt: skip
         atomic_write(resume, lambda p, s=state: torch.save(s, p))
-        if spec.patience and epoch - best_epoch >= spec.patience:
+        if spec.patience and len(va_rows) and epoch - best_epoch >= spec.patience:
             break
     return {
         "outputs": ["model.safetensors", "metrics.csv"],
@@ -242,8 +246,10 @@ def train_head(plan: Plan, mu: ModelUnit, out) -> dict:
     clf = LogisticRegression(C=spec.head_c, max_iter=3000, random_state=mu.seed)
     clf.fit((x[tr] - mean) / scale, y[tr])
     probs = np.zeros((va.sum(), comp.n_classes))
-    probs[:, clf.classes_] = clf.predict_proba((x[va] - mean) / scale)
-    val = score(cfg.competition.metric, y[va], probs)
+    val = None  # a full-data (refit) unit has no held-out rows
+    if va.any():
+        probs[:, clf.classes_] = clf.predict_proba((x[va] - mean) / scale)
+        val = score(cfg.competition.metric, y[va], probs)
     coef = np.zeros((comp.n_classes, x.shape[1]))
     intercept = np.full(comp.n_classes, -1e4)  # a class absent from this fold's training rows gets no mass
     if comp.n_classes == 2 and clf.coef_.shape[0] == 1:
