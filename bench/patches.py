@@ -97,7 +97,7 @@ def plain_loop(x_tr, y_tr, x_te, seconds: float) -> tuple[np.ndarray, int]:
                 sched.step()
         epochs += 1
         if planned is None:  # after one epoch: plan the one-cycle over as many epochs as the time allows
-            planned = max(2, min(30, int(seconds / (time.time() - t0))))
+            planned = max(2, int(seconds / (time.time() - t0)))
             sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=(planned - 1) * steps)
         if epochs >= planned:
             break
