@@ -50,7 +50,7 @@ class EpochSampler(torch.utils.data.Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.fold % 2**32, self.epoch])  # the full-data fold is -1
+        rng = np.random.default_rng(derive_seed(self.seed, self.fold, self.epoch))
         order = rng.permutation(self.n)
         seeds = rng.integers(0, 2**31 - 1, self.n)
         return iter(zip(order.tolist(), seeds.tolist()))
@@ -162,7 +162,8 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
     ds = ImageDataset(cache, tr_rows, y_all, train_transform(spec.augment, spec.img_size, prep["cache_size"]))
     sampler = EpochSampler(len(tr_rows), seed, fold)
     loader = make_loader(ds, spec.batch_size, rt.num_workers, device, sampler=sampler)
-    if len(va_rows):
+    held_out = len(va_rows) > 0  # a full-data (refit) unit has none: no validation, it keeps its last epoch
+    if held_out:
         val_loader = make_loader(ImageDataset(cache, va_rows, y_all), cfg.predict.batch_size, rt.num_workers, device)
     steps_per_epoch = math.ceil(len(loader) / spec.accum_steps)
     frozen = min(spec.frozen_epochs, spec.epochs)
@@ -201,11 +202,11 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
             torch.cuda.synchronize()
         train_seconds = time.perf_counter() - t_epoch
         eval_model = ema.module if ema is not None else model
-        if len(va_rows):
+        if held_out:
             rows, probs = run_views(eval_model, val_loader, ["center"], spec.img_size, norm, rt.amp)
             val = score(cfg.competition.metric, y_all[rows], probs[0])
             improved = best is None or better(cfg.competition.metric, val, best)
-        else:  # a full-data (refit) unit has no held-out rows: it keeps its last epoch
+        else:
             val, improved = None, epoch == spec.epochs - 1
         if improved:
             best, best_epoch = val, epoch
@@ -221,7 +222,7 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
             "best_epoch": best_epoch, "history": history, "params": mu.unit.params,
         }  # fmt: skip
         atomic_write(resume, lambda p, s=state: torch.save(s, p))
-        if spec.patience and len(va_rows) and epoch - best_epoch >= spec.patience:
+        if spec.patience and held_out and epoch - best_epoch >= spec.patience:
             break
     return {
         "outputs": ["model.safetensors", "metrics.csv"],
