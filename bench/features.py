@@ -23,8 +23,8 @@ def main() -> None:
     args, cfg, spec = parse(__doc__)
     head = copy.deepcopy(spec)
     head.name, head.kind, head.seeds = f"{spec.name}-head", "head", [0]
-    tuned = copy.deepcopy(spec)
-    tuned.seeds = [0]
+    tuned = copy.deepcopy(spec)  # the same spec fine-tuned (a head spec's feature levels do not apply)
+    tuned.seeds, tuned.kind, tuned.feature_levels = [0], "finetune", None
     cfg.models = [tuned, head]
     cfg.predict.views = "none"
     plan = build_plan(cfg)
@@ -41,7 +41,8 @@ def main() -> None:
     (m_tuned,) = run_units(plan.store, [mu_tuned.unit], lambda u, o: train_stage.train_finetune(plan, mu_tuned, o))
     t_tuned = time.perf_counter() - t1
     metric = cfg.competition.metric
-    print(f"model {spec.backbone} {spec.img_size}px, weights {spec.weights}, fold 0 of {cfg.folds.n_folds}")
+    levels = f", feature levels {head.feature_levels}" if head.feature_levels else ", pre-logits features"
+    print(f"model {spec.backbone} {spec.img_size}px, weights {spec.weights}{levels}, fold 0 of {cfg.folds.n_folds}")
     print(f"head on cached features: {t_head:7.1f}s (features {t_feat:.1f}s, fit {t_head - t_feat:.1f}s)  "
           f"fold {metric} {m_head['scores'][metric]:.4f}")  # fmt: skip
     print(f"fine-tuning ({tuned.epochs} epochs) : {t_tuned:7.1f}s  fold {metric} {m_tuned['scores'][metric]:.4f}")

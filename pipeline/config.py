@@ -84,6 +84,10 @@ class ModelSpec:
     drop_rate: float = 0.1
     augment: Any = "light"  # preset name (none | light | medium | heavy) or a list of albumentations specs
     head_c: float = 1.0  # head kind: inverse L2 strength of the multinomial logistic regression
+    # head kind: None = the pooled pre-logits activations; a list = indices into timm's feature levels of the
+    # backbone (model.feature_info: 0 = the stride-2 level ... -1 = the deepest), each globally average-pooled,
+    # concatenated. Mid levels transfer better than the last when the task is far from ImageNet classes.
+    feature_levels: list[int] | None = None
     compile: bool = False
     refit: bool = False  # also train one model per seed on every train row; its test predictions replace the folds'
 
@@ -283,6 +287,9 @@ def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[
             raise ConfigError(f"config key 'models[{i}].kind': {spec.kind!r} is not one of finetune, head")
         if not spec.seeds:
             raise ConfigError(f"config key 'models[{i}].seeds': give at least one seed")
+        if spec.feature_levels is not None and (spec.kind != "head" or not spec.feature_levels):
+            raise ConfigError(f"config key 'models[{i}].feature_levels': a non-empty list of feature levels, for "
+                              f"kind: head only (got {spec.feature_levels!r} on kind {spec.kind})")  # fmt: skip
         specs.append(spec)
     names = [s.name for s in specs]
     dup = {n for n in names if names.count(n) > 1}
@@ -317,8 +324,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def model_params(spec: ModelSpec) -> dict:
-    """The fields of a model spec that change its trained weights (not its name, seed list or refit)."""
+    """The fields of a model spec that change its trained weights (not its name, seed list or refit).
+    `feature_levels` only when set: models that leave it unset keep the keys they had before it existed."""
     d = dataclasses.asdict(spec)
     for k in ("name", "seeds", "refit"):
         d.pop(k)
+    if d["feature_levels"] is None:
+        d.pop("feature_levels")
     return d

@@ -163,3 +163,25 @@ def stage_groups(model: torch.nn.Module) -> list[list[str]]:
         ordered = [[n for n, _ in model.named_parameters() if n not in head]]
     ordered = [g for g in ordered if g]
     return ordered + [sorted(head)]
+
+
+def embed(model: torch.nn.Module, x: torch.Tensor, levels: list[int] | None = None) -> torch.Tensor:
+    """Pooled activations of a frozen backbone: its pre-logits features (levels None), or the global average of
+    each of timm's feature levels in `levels` (indices into model.feature_info), concatenated."""
+    if levels is None:
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+    inter = model.forward_intermediates(x, indices=levels, intermediates_only=True, stop_early=True)
+    return torch.cat([t.mean((2, 3)) for t in inter], 1)
+
+
+def check_levels(model: torch.nn.Module, levels: list[int] | None, where: str) -> None:
+    """A clear error for feature levels the backbone does not have (or a backbone without intermediates)."""
+    if levels is None:
+        return
+    n = len(getattr(model, "feature_info", []) or [])
+    if not hasattr(model, "forward_intermediates") or n == 0:
+        raise ValueError(f"{where}: feature_levels needs a timm backbone with forward_intermediates and feature_info")
+    bad = [lv for lv in levels if not -n <= lv < n]
+    if bad:
+        raise ValueError(f"{where}: feature_levels {bad} out of range; this backbone has {n} levels (0..{n - 1} "
+                         f"or -{n}..-1; channels {[f['num_chs'] for f in model.feature_info]})")  # fmt: skip

@@ -95,6 +95,8 @@ def build_plan(cfg: Config) -> Plan:
         imgs = {"train_images": plan.image_unit("train", spec).key, "test_images": plan.image_unit("test", spec).key}
         if spec.kind == "head":
             feat_params = {"backbone": spec.backbone, "weights": wid, "img_size": spec.img_size, "prep": prep}
+            if spec.feature_levels is not None:  # unset: the key it had before levels existed
+                feat_params["levels"] = spec.feature_levels
             feat = Unit("features", spec.name, {**feat_params, "views": views}, imgs, VERSIONS["features"])
             plan.features[spec.name] = feat
             inputs = {"folds": folds.key, "features": feat.key}

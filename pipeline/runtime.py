@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .config import Runtime
+from .models import embed
 from .tta import make_view, stack_views
 
 
@@ -109,12 +110,14 @@ def run_views(
     norm: Normalizer,
     amp: bool,
     features: bool = False,
+    levels: list[int] | None = None,
     desc: str = "",
     show: bool = False,
     max_batch: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Forward every view of every sample. Returns (rows (N,), out (V, N, K)): K classes (probabilities) or
-    K features (pre-logits embeddings). Rows are the dataset row indices carried by the loader.
+    K features (models.embed: pre-logits, or pooled feature `levels`). Rows are the dataset row indices carried by
+    the loader.
 
     Views are built on the device and forwarded in chunks of max_batch images. Default per device, from
     `bench tta`: on CUDA all views of a batch stacked into one forward (up to 1024 images); on CPU one view at a time
@@ -133,7 +136,7 @@ def run_views(
         for part in parts:
             part = part.contiguous(memory_format=torch.channels_last if norm.channels_last else torch.contiguous_format)
             with amp_context(device, amp):
-                y = model.forward_head(model.forward_features(part), pre_logits=True) if features else model(part)
+                y = embed(model, part, levels) if features else model(part)
             y = y.float()
             chunks.append(y if features else torch.softmax(y, dim=1))
         y = torch.cat(chunks).view(len(views), len(idx), -1)

@@ -1,13 +1,15 @@
-"""features: a frozen pretrained backbone's pooled pre-logits activations, computed once per TTA view for every
-train and test image and stored on disk; `kind: head` models train a softmax on them in seconds."""
+"""features: a frozen pretrained backbone's pooled activations (pre-logits, or the pooled feature levels the model
+spec names), computed once per TTA view for every train and test image and stored on disk; `kind: head` models
+train a softmax on them in seconds."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ..data import ImageDataset
 from ..executor import run_units
-from ..models import create_model, preprocessing
+from ..models import check_levels, create_model, preprocessing
 from ..plan import Plan, ensure_images
 from ..runtime import Normalizer, make_loader, pick_device, place_model, run_views, setup_torch
 from ..store import atomic_savez
@@ -28,7 +30,9 @@ def run(plan: Plan, force: bool = False) -> None:
         setup_torch(rt, device)
         prep = preprocessing(spec)
         views = views_for(cfg.predict.views)
+        torch.manual_seed(0)  # the new head (unused here) and, with weights none, the backbone: a function of the key
         model = place_model(create_model(spec, plan.comp.n_classes), rt, device).eval()
+        check_levels(model, spec.feature_levels, f"model {spec.name} ({spec.backbone})")
         norm = Normalizer(prep["mean"], prep["std"], device, rt.channels_last)
         arrays = {"views": np.array(views)}
         for split in ("train", "test"):
@@ -36,7 +40,8 @@ def run(plan: Plan, force: bool = False) -> None:
             n = len(plan.comp.sources(split))
             loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
             rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
-                                    desc=f"{unit.name} {split}", show=rt.progress)  # fmt: skip
+                                    levels=spec.feature_levels, desc=f"{unit.name} {split}",
+                                    show=rt.progress)  # fmt: skip
             out_arr = np.empty_like(feats)
             out_arr[:, rows] = feats  # rows travel with the batches: place each by its row index
             arrays[split] = out_arr.astype(np.float32)
