@@ -75,7 +75,8 @@ def main() -> None:
     run_units(plan.store, [mu.unit], lambda u, o: train_stage.train_finetune(plan, mu, o))
     bare += [bare_loop(cfg, spec, images, n_bare) for _ in range(args.repeats)]
     metrics = pd.read_csv(plan.store.dir(mu.unit) / "metrics.csv")
-    stage = metrics["images_per_s"].to_numpy()[1:]  # the first epoch includes starting the worker processes
+    stage = metrics["images_per_s"].to_numpy()
+    stage = stage[1:] if len(stage) > 1 else stage  # the first epoch includes starting the worker processes
     device = pick_device(cfg.runtime)
     print(f"device {device}, model {spec.backbone} {spec.img_size}px, batch {spec.batch_size}, "
           f"workers {resolve_workers(cfg.runtime.num_workers, device)}, threads {torch.get_num_threads()}")  # fmt: skip
