@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.blending import METHODS, bootstrap_gain, make_blend, nested_cv
 from pipeline.metrics import GREATER_IS_BETTER, score
-from pipeline.plan import build_plan, read_folds
+from pipeline.plan import build_plan
 from pipeline.stages.blend import choose_tta, gather
 from pipeline.tta import POLICIES, merge
 
@@ -21,8 +21,8 @@ def main() -> None:
     plan = build_plan(cfg)
     metric = cfg.competition.metric
     y = plan.comp.train["y"].to_numpy()
-    folds = read_folds(plan)
-    models = gather(plan)
+    folds = plan.load(plan.one("folds"))
+    models = gather(plan, plan.one("blend"))
     oofs, single = [], {}
     for name, m in models.items():
         _, pol, how = choose_tta(metric, y, m["views"], m["oof"], cfg.blend.tta, cfg.blend.merge)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import copy
 import time
 
-from pipeline.executor import run_units
 from pipeline.plan import build_plan
-from pipeline.stages import features as features_stage
-from pipeline.stages import folds as folds_stage
-from pipeline.stages import train as train_stage
+from pipeline.scheduler import ensure_done
 
 from .common import parse
 
@@ -28,18 +25,19 @@ def main() -> None:
     cfg.models = [tuned, head]
     cfg.predict.views = "none"
     plan = build_plan(cfg)
-    folds_stage.run(plan)
-    mu_tuned = next(m for m in plan.train if m.spec.kind == "finetune" and m.fold == 0)
-    mu_head = next(m for m in plan.train if m.spec.kind == "head" and m.fold == 0)
+    ensure_done(plan, [plan.one("folds")])
+    u_tuned = plan.one("train", model=tuned.name, seed=0, fold=0)
+    u_head = plan.one("train", model=head.name, seed=0, fold=0)
 
     t0 = time.perf_counter()
-    features_stage.run(plan)
+    ensure_done(plan, [plan.one("features", model=head.name)])  # with its image caches
     t_feat = time.perf_counter() - t0
-    (m_head,) = run_units(plan.store, [mu_head.unit], lambda u, o: train_stage.train_head(plan, mu_head, o))
+    ensure_done(plan, [u_head])
     t_head = time.perf_counter() - t0
     t1 = time.perf_counter()
-    (m_tuned,) = run_units(plan.store, [mu_tuned.unit], lambda u, o: train_stage.train_finetune(plan, mu_tuned, o))
+    ensure_done(plan, [u_tuned])
     t_tuned = time.perf_counter() - t1
+    m_head, m_tuned = plan.store.marker(u_head), plan.store.marker(u_tuned)
     metric = cfg.competition.metric
     levels = f", feature levels {head.feature_levels}" if head.feature_levels else ", pre-logits features"
     print(f"model {spec.backbone} {spec.img_size}px, weights {spec.weights}{levels}, fold 0 of {cfg.folds.n_folds}")

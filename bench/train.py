@@ -13,26 +13,19 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pandas as pd
 import torch
 
-from pipeline.executor import run_units
-from pipeline.models import create_model, preprocessing
-from pipeline.plan import build_plan, ensure_images
-from pipeline.runtime import Normalizer, amp_context, pick_device, place_model, resolve_workers, setup_torch
-from pipeline.stages import folds as folds_stage
-from pipeline.stages import train as train_stage
+from pipeline.plan import build_plan
+from pipeline.runtime import amp_context, pick_device, prepare_model, resolve_workers
+from pipeline.scheduler import ensure_done
 
 from .common import parse
 
 
 def bare_loop(cfg, spec, images: np.ndarray, n_images: int) -> float:
-    device = pick_device(cfg.runtime)
-    setup_torch(cfg.runtime, device)
-    prep = preprocessing(spec)
-    model = place_model(create_model(spec, 10), cfg.runtime, device).train()
+    device, model, norm = prepare_model(spec, cfg.runtime, 10)
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    norm = Normalizer(prep["mean"], prep["std"], device, cfg.runtime.channels_last)
     off = (images.shape[1] - spec.img_size) // 2
     x_all = torch.from_numpy(images[:, off : off + spec.img_size, off : off + spec.img_size].copy())
     y_all = torch.randint(0, 10, (len(x_all),))
@@ -66,15 +59,15 @@ def main() -> None:
     cfg.models = [spec]
     spec.seeds = spec.seeds[:1]
     plan = build_plan(cfg)
-    folds_stage.run(plan)
-    images = np.load(ensure_images(plan, "train", spec))
-    mu = plan.train[0]
+    ensure_done(plan, [plan.one("folds"), plan.images("train", spec)])
+    images = np.load(plan.load(plan.images("train", spec)))
+    unit = plan.all("train")[0]
     n_train = int((plan.comp.train.shape[0]) * (1 - 1 / cfg.folds.n_folds))
     n_bare = max(n_train // 2, 4 * spec.batch_size)
     bare = [bare_loop(cfg, spec, images, n_bare) for _ in range(args.repeats)]
-    run_units(plan.store, [mu.unit], lambda u, o: train_stage.train_finetune(plan, mu, o))
+    ensure_done(plan, [unit])
     bare += [bare_loop(cfg, spec, images, n_bare) for _ in range(args.repeats)]
-    metrics = pd.read_csv(plan.store.dir(mu.unit) / "metrics.csv")
+    metrics = plan.load(unit)["metrics"]
     stage = metrics["images_per_s"].to_numpy()
     stage = stage[1:] if len(stage) > 1 else stage  # the first epoch includes starting the worker processes
     device = pick_device(cfg.runtime)

@@ -14,9 +14,10 @@ import torch
 import ttach
 
 from pipeline.data import ImageDataset
-from pipeline.models import create_model, preprocessing
-from pipeline.plan import build_plan, ensure_images
-from pipeline.runtime import Normalizer, amp_context, make_loader, pick_device, place_model, run_views, setup_torch
+from pipeline.models import preprocessing
+from pipeline.plan import build_plan
+from pipeline.runtime import amp_context, make_loader, prepare_model, run_views
+from pipeline.scheduler import ensure_done
 from pipeline.tta import views_for
 
 from .common import parse
@@ -45,13 +46,12 @@ def main() -> None:
 
     args, cfg, spec = parse(__doc__, extra)
     plan = build_plan(cfg)
-    device = pick_device(cfg.runtime)
-    setup_torch(cfg.runtime, device)
     prep = preprocessing(spec)
-    cache = ensure_images(plan, "train", spec)
+    ensure_done(plan, [plan.images("train", spec)])
+    cache = plan.load(plan.images("train", spec))
     rows = np.arange(min(args.images, len(plan.comp.train)))
-    model = place_model(create_model(spec, plan.comp.n_classes), cfg.runtime, device).eval()
-    norm = Normalizer(prep["mean"], prep["std"], device, cfg.runtime.channels_last)
+    device, model, norm = prepare_model(spec, cfg.runtime, plan.comp.n_classes)
+    model.eval()
     batches = list(make_loader(ImageDataset(cache, rows), args.batch, 0, device))  # decoded once, outside timing
     ten = views_for("ten-crop")
 

@@ -129,6 +129,13 @@ class Runtime:
     amp: bool = True  # CUDA only: bf16 where supported, else fp16 with a scaler
     channels_last: bool = True  # CUDA only
     progress: bool = True
+    # how units run: local (one after another in this process), processes (worker processes on this machine: one
+    # per visible GPU, or on CPU `workers` of them with the cores split), ray (tasks on a Ray cluster: RAY_ADDRESS,
+    # or a local instance). auto: processes when several GPUs are visible, else local.
+    executor: str = "auto"
+    workers: int = 0  # processes: 0 = one per visible GPU, else min(cores, 4) on CPU
+    threads: int = 0  # torch threads per unit; 0 = the executor's share of the cores (same threads, same bits)
+    claim_timeout: float = 120.0  # seconds without a heartbeat after which another host's claim is dead
 
 
 @dataclass
@@ -154,6 +161,19 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        """The inverse of to_dict: how a worker process rebuilds the resolved config it was sent."""
+        raw = {k: v for k, v in d.items() if k not in ("train", "models", "source")}
+        cfg = _build(cls, raw, "")
+        cfg.train = dict(d.get("train", {}))
+        cfg.models = [_build(ModelSpec, m, f"models[{i}].") for i, m in enumerate(d["models"])]
+        cfg.source = d.get("source", "")
+        return cfg
+
+    def model(self, name: str) -> ModelSpec:
+        return next(m for m in self.models if m.name == name)
+
 
 CHOICES = {
     "competition.layout": {"csv", "folders", "pixels"},
@@ -166,6 +186,7 @@ CHOICES = {
     "blend.method": {"mean", "rank", "caruana", "simplex"},
     "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.merge": {"mean", "gmean"},
+    "runtime.executor": {"auto", "local", "processes", "ray"},
 }
 
 

@@ -1,60 +1,218 @@
-"""Run units: skip the done ones, run the rest, write their markers. The local sequential executor.
+"""Run one unit anywhere, and the executors that do it: `local` here; `processes` (pipeline.pool) and `ray`
+(pipeline.raycluster) elsewhere. An executor only runs units; it knows nothing of what a stage does.
 
-A stage hands over its units and a function `work(unit, out_dir) -> dict(outputs=[...], scores={...})`; the executor
-owns skipping, `--force`, the done marker and the one log line per unit (run / skip / resume, with time).
+`execute(plan, key)` is the one way a unit runs, in any process: skip it when done, take its claim (or report who
+holds it), write `unit.json` and `config.json`, run the stage's function into the unit's folder, write `done.json`
+last, drop the scratch state, release the claim. Every attempt is appended to the unit's `log.txt`; in a worker
+process its stdout and stderr go there too. Failures come back as a result naming the unit, never as a traceback on
+the console (the traceback is in the log).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
-from collections.abc import Callable, Iterable
+import traceback
 
-from .store import Store, Unit
+from . import claims
+from .config import Config
+from .plan import Plan
+from .store import HOST, Unit, atomic_write_json
+
+LOG = "log.txt"
 
 
-class MissingInput(RuntimeError):
-    """An upstream unit is not done; the message says which stage to run."""
+class UnitFailed(RuntimeError):
+    """A unit raised; the message names it, says what went wrong and where its log is."""
+
+
+class _Current:
+    """The unit in progress in this process: its log file, the lines logged, whether to echo them."""
+
+    def __init__(self, file, echo: bool):
+        self.file, self.echo, self.lines = file, echo, []
+
+
+_current: _Current | None = None
 
 
 def log(stage: str, msg: str) -> None:
-    print(f"[{stage}] {msg}", flush=True)
+    """One console line `[stage] msg`; inside a unit also appended to its log (and, in a worker, sent back with the
+    result so that the scheduler prints it)."""
+    line = f"[{stage}] {msg}"
+    cur = _current
+    if cur is None or cur.echo:
+        print(line, flush=True)
+    if cur is not None:
+        cur.lines.append(line)
+        print(line, file=cur.file, flush=True)
 
 
-def require_done(store: Store, unit: Unit) -> dict:
-    if not store.is_done(unit):
-        raise MissingInput(f"{unit.label} is not done: run `./run.sh {unit.stage}` (or `./run.sh all`) first")
-    return store.marker(unit)
+def format_scores(scores: dict) -> str:
+    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items())
 
 
-def run_units(
-    store: Store,
-    units: Iterable[Unit],
-    work: Callable[[Unit, object], dict],
-    force: bool = False,
-    config: dict | None = None,
-    partial: str | None = None,
-) -> list[dict]:
-    markers = []
-    for unit in units:
-        if store.is_done(unit) and not force:
-            log(unit.stage, f"skip   {unit.name} (done)")
-            markers.append(store.marker(unit))
-            continue
-        out = store.dir(unit)
-        if force and (out / "done.json").exists():
-            (out / "done.json").unlink()
-            if partial and (out / partial).exists():
-                (out / partial).unlink()
-        verb = "resume" if partial and (out / partial).exists() else "run   "
-        log(unit.stage, f"{verb} {unit.name}")
+def set_threads(n: int) -> None:
+    """torch and BLAS threads of this process (the same count gives the same bits on CPU)."""
+    if n <= 0:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(n)
+
+
+@contextlib.contextmanager
+def _unit_log(path, echo: bool):
+    global _current
+    with open(path, "a") as f:
+        prev, _current = _current, _Current(f, echo)
+        try:
+            if echo:
+                yield _current
+            else:  # a worker: everything the unit prints belongs to its log
+                with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                    yield _current
+        finally:
+            _current = prev
+
+
+def execute(plan: Plan, key: str, force: bool = False, echo: bool = True) -> dict:
+    """Run the unit with this key unless it is done or claimed. Returns {"state": done | skip | busy | error, ...}."""
+    from .stages import STAGES
+
+    store, unit = plan.store, plan.by_key[key]
+    if store.is_done(unit):
+        return {"state": "skip"}
+    got = claims.acquire(store.dir(unit), plan.cfg.runtime.claim_timeout)
+    if not isinstance(got, claims.Claim):
+        return {"state": "busy", "owner": claims.owner(got)}
+    stage = STAGES[unit.stage]
+    out = store.dir(unit)
+    with got, _unit_log(out / LOG, echo) as cur:
+        if store.is_done(unit):  # finished by another process between the check and the claim
+            return {"state": "skip"}
+        verb = "resume" if stage.PARTIAL and (out / stage.PARTIAL).exists() else "run"
+        print(f"== {verb} {unit.label} on {HOST} pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}",
+              file=cur.file, flush=True)  # fmt: skip
         started = time.time()
-        store.begin(unit, config)
-        result = work(unit, out)
-        cleanup = result.pop("cleanup", [])
-        marker = store.finish(unit, started, **result)
-        for name in cleanup:  # scratch state (e.g. resume.pt) is dropped only once the unit is marked done
-            (out / name).unlink(missing_ok=True)
-        scores = " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in marker["scores"].items())
-        log(unit.stage, f"done   {unit.name} in {marker['seconds']:.1f}s {scores}".rstrip())
-        markers.append(marker)
-    return markers
+        if force:
+            plan.forced.add(key)
+        try:
+            store.begin(unit, plan.cfg.to_dict())
+            result = stage.run(plan, unit, out)
+            cleanup = result.pop("cleanup", [])
+            marker = store.finish(unit, started, **result)
+            for name in cleanup:  # scratch state (e.g. resume.pt) is dropped only once the unit is marked done
+                (out / name).unlink(missing_ok=True)
+        except Exception as err:  # noqa: BLE001 - reported to the scheduler with the unit's name
+            traceback.print_exc(file=cur.file)
+            cur.file.flush()
+            return {"state": "error", "message": str(err) or type(err).__name__, "error": type(err).__name__,
+                    "log": str(out / LOG), "lines": cur.lines}  # fmt: skip
+        finally:
+            plan.forced.discard(key)
+        print(f"== done in {marker['seconds']:.1f}s {format_scores(marker['scores'])}", file=cur.file, flush=True)
+        return {"state": "done", "verb": verb, "marker": marker, "lines": cur.lines, "host": HOST, "pid": os.getpid()}
+
+
+_plans: dict[tuple[str, str], Plan] = {}
+
+
+def plan_for(cfg_dict: dict, digest: str) -> Plan:
+    """The plan of a resolved config, built once per process, checked to be the scheduler's own: a worker that sees
+    other data, weights or another work dir than the scheduler fails here, naming this host."""
+    from .models import set_offline
+    from .plan import build_plan
+    from .store import stable_hash
+
+    k = (stable_hash(cfg_dict), digest)
+    if k not in _plans:
+        cfg = Config.from_dict(cfg_dict)
+        set_offline(cfg.runtime.offline)
+        try:
+            plan = build_plan(cfg)
+        except Exception as err:
+            raise RuntimeError(f"on host {HOST}: {err} (the work dir and data must be on a filesystem every "
+                               f"worker sees, at the same path)") from None  # fmt: skip
+        marker = plan.store.root / "plans" / f"{digest}.json"
+        if plan.digest != digest or not marker.is_file():
+            raise RuntimeError(
+                f"on host {HOST}: the plan built here differs from the scheduler's, or its work dir "
+                f"{plan.store.root} is not the scheduler's (no {marker}): the data, weights and work dir must be "
+                f"the same files on every machine (a shared filesystem, the same paths)"
+            )
+        _plans[k] = plan
+    return _plans[k]
+
+
+def publish_plan(plan: Plan) -> None:
+    """Written by the scheduler before any worker starts: proof for workers that they see its work dir."""
+    record = {"host": HOST, "pid": os.getpid(), "units": len(plan.units), "config": plan.cfg.to_dict()}
+    atomic_write_json(plan.store.root / "plans" / f"{plan.digest}.json", record)
+
+
+class LocalExecutor:
+    """Units one after another in this process (today's behaviour; the default on a CPU machine)."""
+
+    name = "local"
+    echo = True
+
+    def __init__(self, plan: Plan):
+        self.plan, self.capacity, self._results = plan, 1, []
+        set_threads(plan.cfg.runtime.threads)
+
+    def submit(self, unit: Unit, force: bool) -> None:
+        self._results.append((unit.key, execute(self.plan, unit.key, force, echo=True)))
+
+    def wait(self, timeout: float | None) -> list[tuple[str, dict]]:
+        out, self._results = self._results, []
+        if not out and timeout:
+            time.sleep(timeout)  # only units of another run are in flight: poll at this pace
+        return out
+
+    def close(self, abort: bool = False) -> None:
+        pass
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, by CUDA_VISIBLE_DEVICES or the driver's count (without creating a context)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def make_executor(plan: Plan):
+    rt = plan.cfg.runtime
+    kind = rt.executor
+    if kind == "auto":
+        kind = "processes" if rt.device != "cpu" and len(visible_gpus()) > 1 else "local"
+    if kind == "local":
+        return LocalExecutor(plan)
+    publish_plan(plan)
+    if kind == "processes":
+        from .pool import ProcessesExecutor
+
+        return ProcessesExecutor(plan)
+    from .raycluster import RayExecutor
+
+    return RayExecutor(plan)
+
+
+def worker_env(cpus: int, threads: int, gpu: str | None) -> dict[str, str]:
+    """Environment of a worker process: its share of the cores, its torch threads, its GPU."""
+    env = {"PIPELINE_CPUS": str(cpus), "PIPELINE_THREADS": str(threads), "OMP_NUM_THREADS": str(threads),
+           "MKL_NUM_THREADS": str(threads), "OPENBLAS_NUM_THREADS": str(threads)}  # fmt: skip
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import torch
 
-from .config import Runtime
-from .models import embed
+from .config import ModelSpec, Runtime
+from .models import create_model, embed, preprocessing
 from .tta import make_view, stack_views
 
 
@@ -65,12 +65,32 @@ class Normalizer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
+def prepare_model(spec: ModelSpec, rt: Runtime, n_classes: int, seed: int | None = None, state_dict=None):
+    """The one way train, features, predict and the benches get (device, model, normaliser): torch set up for the
+    device, the timm model (pretrained weights, or `state_dict` of ours over a bare one; `seed` seeds the new head
+    and, with weights none, the backbone) moved there, and the backbone's mean/std normaliser on it."""
+    device = pick_device(rt)
+    setup_torch(rt, device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = create_model(spec, n_classes, load_weights=state_dict is None)
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    prep = preprocessing(spec)
+    return device, place_model(model, rt, device), Normalizer(prep["mean"], prep["std"], device, rt.channels_last)
+
+
+def unit_cpus() -> int:
+    """The cores this process may use: its share when an executor split them (PIPELINE_CPUS), else all."""
+    return int(os.environ.get("PIPELINE_CPUS") or os.cpu_count() or 1)
+
+
 def resolve_workers(num_workers: int, device: torch.device) -> int:
     """-1 (auto): on CUDA, all cores but one feed the GPU (at most 8). On CPU the workers compete with training for
     the same cores: measured on 2 cores (bench train), 0 workers ran at 0.93 of a bare loop, 1 at 0.89, 2 at 0.83."""
     if num_workers >= 0:
         return num_workers
-    cpus = os.cpu_count() or 1
+    cpus = unit_cpus()
     return min(8, cpus - 1) if device.type == "cuda" else max(0, min(4, (cpus - 2) // 2))
 
 

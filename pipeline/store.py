@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +38,19 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+HOST = socket.gethostname()
+
+
+def tmp_name(name: str) -> str:
+    """A temporary name unique across processes and hosts (work dirs may be shared between machines)."""
+    return f".{name}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Call write(tmp_path) then rename tmp_path to path, so a reader never sees a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(tmp_name(path.name))
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -70,10 +81,12 @@ class Unit:
     stage: str
     name: str  # e.g. "lite0/seed0/fold3"
     params: dict  # the config slice that changes this unit's result
-    inputs: dict[str, str] = field(default_factory=dict)  # input name -> that unit's key
+    inputs: dict[str, str] = field(default_factory=dict)  # input name -> that unit's key (or a content hash)
     version: int = 1
+    meta: dict = field(default_factory=dict)  # what tells it apart within its stage (model, seed, fold); not keyed
+    gpu: bool = False  # resources: runs on an accelerator when there is one
 
-    @property
+    @cached_property
     def key(self) -> str:
         return stable_hash({"stage": self.stage, "params": self.params, "inputs": self.inputs, "v": self.version})
 

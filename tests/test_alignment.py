@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from pipeline.config import load_config
 from pipeline.models import create_model, preprocessing
 from pipeline.plan import build_plan
-from pipeline.stages import blend, folds, predict, train
+from pipeline.scheduler import ensure_done
 
 from .conftest import write_config
 
@@ -23,32 +23,27 @@ MODELS = [
 
 
 def run_all(cfg_path):
-    from pipeline.stages import features
-
     plan = build_plan(load_config(cfg_path))
-    for stage in (folds, features, train, predict, blend):
-        stage.run(plan)
+    ensure_done(plan, plan.all("blend"))
     return plan
 
 
 def preds(plan, name="tiny"):
-    mus = [m for m in plan.predict if m.spec.name == name]
-    return [(m, np.load(plan.store.dir(m.unit) / "preds.npz")) for m in mus]
+    return [(u, plan.load(u)) for u in plan.all("predict", model=name)]
 
 
 def test_stored_probabilities_belong_to_their_ids(tmp):
     plan = run_all(write_config(tmp, "csv", models=MODELS))
     spec = plan.cfg.models[0]
     prep = preprocessing(spec)
-    images = {s: np.load(plan.store.dir(plan.image_unit(s, spec)) / "images.npy") for s in ("train", "test")}
+    images = {s: np.load(plan.load(plan.images(s, spec))) for s in ("train", "test")}
     index = {i: k for k, i in enumerate(plan.comp.train["id"])}
     mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
     off = (prep["cache_size"] - spec.img_size) // 2
     covered = []
-    for mu, d in preds(plan):
-        t = next(t for t in plan.train if t.unit.name == mu.unit.name)
+    for u, d in preds(plan):
         model = create_model(spec, plan.comp.n_classes, load_weights=False)
-        model.load_state_dict(load_file(str(plan.store.dir(t.unit) / "model.safetensors")))
+        model.load_state_dict(load_file(str(plan.store.dir(plan.input(u, "model")) / "model.safetensors")))
         model.eval()
 
         def one(img, model=model):  # the centre view of a single image, computed on its own
@@ -66,19 +61,19 @@ def test_stored_probabilities_belong_to_their_ids(tmp):
 
 def by_id(plan):
     """{(unit name, test id): per-view probabilities}."""
-    return {(m.unit.name, i): p for m, d in preds(plan) for i, p in zip(d["test_ids"], d["test_probs"].swapaxes(0, 1))}
+    return {(u.name, i): p for u, d in preds(plan) for i, p in zip(d["test_ids"], d["test_probs"].swapaxes(0, 1))}
 
 
 def test_reordered_sample_submission_predictions_follow_ids(tmp):
     cfg_path = write_config(tmp, "csv", models=MODELS[:1])
     plan = run_all(cfg_path)
     before = by_id(plan)
-    trained = {m.unit.key for m in plan.train}
+    trained = {u.key for u in plan.all("train")}
     sample_path = plan.cfg.root / "sample_submission.csv"
     sample = pd.read_csv(sample_path, dtype=str)
     sample.iloc[::-1].to_csv(sample_path, index=False)
     plan2 = run_all(cfg_path)
-    assert {m.unit.key for m in plan2.train} == trained  # a reordered sample retrains nothing
+    assert {u.key for u in plan2.all("train")} == trained  # a reordered sample retrains nothing
     for _, d in preds(plan2):
         assert d["test_ids"].tolist() == sample["image_id"].tolist()[::-1]
     after = by_id(plan2)
@@ -89,15 +84,16 @@ def test_reordered_sample_submission_predictions_follow_ids(tmp):
 
 def test_blend_weights_never_read_test_predictions(tmp):
     plan = run_all(write_config(tmp, "csv", models=MODELS))
-    report = json.loads((plan.store.dir(plan.blend) / "report.json").read_text())
+    (b,) = plan.all("blend")
+    report = json.loads((plan.store.dir(b) / "report.json").read_text())
     rng = np.random.default_rng(0)
-    for mu in plan.predict:  # replace every test prediction with noise
-        path = plan.store.dir(mu.unit) / "preds.npz"
+    for u in plan.all("predict"):  # replace every test prediction with noise
+        path = plan.store.dir(u) / "preds.npz"
         d = dict(np.load(path))
         noise = rng.random(d["test_probs"].shape)
         d["test_probs"] = (noise / noise.sum(-1, keepdims=True)).astype(np.float32)
         np.savez(path, **d)
-    blend.run(plan, force=True)
-    report2 = json.loads((plan.store.dir(plan.blend) / "report.json").read_text())
+    ensure_done(plan, [], force=[b])
+    report2 = json.loads((plan.store.dir(b) / "report.json").read_text())
     assert report2["weights"] == report["weights"] and report2["fold_weights"] == report["fold_weights"]
     assert report2["oof"] == report["oof"] and report2["honest_cv"] == report["honest_cv"]

@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from pipeline.config import ConfigError, load_config
+from pipeline.executor import UnitFailed
 from pipeline.models import create_model, embed, preprocessing
 from pipeline.plan import build_plan
-from pipeline.stages import features, folds, train
+from pipeline.scheduler import ensure_done
 
 from .conftest import write_config
 
@@ -20,20 +21,19 @@ def head(**kw):
 
 def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
     plan = build_plan(load_config(write_config(tmp, "csv", models=[head(feature_levels=LEVELS), head(name="last")])))
-    folds.run(plan)
-    features.run(plan)
+    ensure_done(plan, plan.all("features"))
     spec = plan.cfg.models[0]
     torch.manual_seed(0)  # as the features stage does: with weights none, the same random backbone
     model = create_model(spec, plan.comp.n_classes).eval()
     channels = [f["num_chs"] for f in model.feature_info]
-    stored = np.load(plan.store.dir(plan.features["mid"]) / "features.npz")
+    stored = plan.load(plan.one("features", model="mid"))
     assert list(stored["views"]) == ["center", "center_hflip"]
     assert stored["train"].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
-    last = np.load(plan.store.dir(plan.features["last"]) / "features.npz")
+    last = plan.load(plan.one("features", model="last"))
     assert last["train"].shape[-1] == model.num_features  # unset: the pooled pre-logits, as before levels existed
     # row k of the stored centre view is image k, pooled per level: recompute a few on their own
     prep = preprocessing(spec)
-    images = np.load(plan.store.dir(plan.image_unit("train", spec)) / "images.npy")
+    images = np.load(plan.load(plan.images("train", spec)))
     off = (prep["cache_size"] - spec.img_size) // 2
     mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
     for k in (0, 7, len(images) - 1):
@@ -44,14 +44,13 @@ def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
             want = torch.cat([t.mean((2, 3)) for t in inter], 1)[0]
             assert torch.allclose(embed(model, x, LEVELS)[0], want)
         np.testing.assert_allclose(stored["train"][0, k], want.numpy(), atol=1e-4)
-    train.run(plan)  # heads fit on them like on any features
-    assert all(plan.store.is_done(mu.unit) for mu in plan.train)
+    ensure_done(plan, plan.all("train"))  # heads fit on them like on any features
+    assert all(plan.store.is_done(u) for u in plan.all("train"))
 
 
 def test_bad_feature_levels_name_the_model_and_the_range(tmp):
     plan = build_plan(load_config(write_config(tmp, "csv", models=[head(feature_levels=[0, 9])])))
-    folds.run(plan)
-    with pytest.raises(ValueError, match=r"model mid \(test_efficientnet\): feature_levels \[9\] out of range"):
-        features.run(plan)
+    with pytest.raises(UnitFailed, match=r"model mid \(test_efficientnet\): feature_levels \[9\] out of range"):
+        ensure_done(plan, plan.all("features"))
     with pytest.raises(ConfigError, match=r"models\[0\]\.feature_levels'.*kind: head only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_levels=[1]), "kind": "finetune"}]))

@@ -1,1 +1,17 @@
-"""One module per stage. A stage imports the core only; stages meet through the artifacts the store records."""
+"""One module per stage, each declaring everything about its stage in one place:
+
+- `NAME`, `VERSION` (bump when a code change alters what the stage writes), `PARTIAL` (the file whose presence means
+  a resumable, unfinished unit, or None), `IMPLICIT` (built on demand when a later stage alone needs it);
+- `units(plan) -> list[Unit]`: its units from the config and the units of earlier stages (params, inputs, resources);
+- `run(plan, unit, out) -> dict(outputs=[...], scores={...})`: the work of one unit, given the plan any process
+  rebuilds from the config; it reads inputs only through `plan.load_input` (their own stage's loader);
+- `load(plan, unit)`: what consumers get from a done unit;
+- optionally `after(plan, units, **options)`: run in the main process once the stage's units are done.
+
+A stage imports the core only; stages meet through the artifacts their loaders read. STAGES is the registry, in
+dependency order: adding a stage is one module and one line here.
+"""
+
+from . import blend, features, folds, images, predict, submit, train
+
+STAGES = {m.NAME: m for m in (images, folds, features, train, predict, blend, submit)}

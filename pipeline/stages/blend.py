@@ -7,41 +7,49 @@ Outputs: `blend.npz` (oof_probs (N, C), honest_probs (N, C), test_probs (n_test,
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
 from ..blending import bootstrap_gain, make_blend, nested_cv
-from ..executor import log, require_done, run_units
+from ..executor import log
 from ..metrics import GREATER_IS_BETTER, score
-from ..plan import FULL, Plan, read_folds
-from ..store import atomic_savez, atomic_write_json
+from ..plan import FULL
+from ..store import Unit, atomic_savez, atomic_write_json
 from ..tta import POLICIES, merge, policies_within
 
 NAME = "blend"
+VERSION = 1
+PARTIAL = None
+IMPLICIT = False
 
 
-def gather(plan: Plan) -> dict[str, dict]:
+def units(plan) -> list[Unit]:
+    params = {**dataclasses.asdict(plan.cfg.blend), "metric": plan.cfg.competition.metric}
+    inputs = {u.name: u.key for u in plan.all("predict")}
+    return [Unit(NAME, plan.cfg.submit.name, params, inputs, VERSION)]
+
+
+def gather(plan, unit: Unit) -> dict[str, dict]:
     """Per model: oof (V, N, C) averaged over seeds, test (V, n_test, C) averaged over folds and seeds (over its
     full-data units instead when the model has `refit`), views."""
     comp = plan.comp
     n, c = len(comp.train), comp.n_classes
     acc: dict[str, dict] = defaultdict(lambda: {"oof": defaultdict(lambda: None), "test": [], "full": []})
-    for mu in plan.predict:
-        require_done(plan.store, mu.unit)
-        d = np.load(plan.store.dir(mu.unit) / "preds.npz")
-        if not np.array_equal(d["test_ids"], comp.test_ids.to_numpy().astype(str)):
-            raise ValueError(f"{mu.unit.label}: its test ids differ from sample_submission.csv; rerun predict")
-        if not np.array_equal(d["oof_ids"], comp.train["id"].to_numpy()[d["oof_rows"]].astype(str)):
-            raise ValueError(f"{mu.unit.label}: OOF ids do not match their rows; rerun predict")
-        m = acc[mu.spec.name]
-        m["views"] = [str(v) for v in d["views"]]
-        if mu.fold == FULL:
+    for name in unit.inputs:
+        p = plan.input(unit, name)
+        d = plan.load(p)
+        model, seed, fold = p.meta["model"], p.meta["seed"], p.meta["fold"]
+        m = acc[model]
+        m["views"] = d["views"]
+        if fold == FULL:
             m["full"].append(d["test_probs"].astype(np.float64))
             continue
-        if m["oof"][mu.seed] is None:
-            m["oof"][mu.seed] = (np.zeros((len(m["views"]), n, c)), np.zeros(n, dtype=int))
-        oof, seen = m["oof"][mu.seed]
+        if m["oof"][seed] is None:
+            m["oof"][seed] = (np.zeros((len(m["views"]), n, c)), np.zeros(n, dtype=int))
+        oof, seen = m["oof"][seed]
         oof[:, d["oof_rows"]] = d["oof_probs"]
         seen[d["oof_rows"]] += 1
         m["test"].append(d["test_probs"].astype(np.float64))
@@ -79,59 +87,63 @@ def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tt
     return table, best["tta"], best["merge"]
 
 
-def run(plan: Plan, force: bool = False) -> None:
+def run(plan, unit: Unit, out: Path) -> dict:
     cfg, comp = plan.cfg, plan.comp
     metric, b = cfg.competition.metric, cfg.blend
     y = comp.train["y"].to_numpy()
+    models = gather(plan, unit)
+    folds = plan.load(plan.one("folds"))
+    names = list(models)
+    oofs, tests, tta_report, single = [], [], {}, {}
+    for name in names:
+        m = models[name]
+        table, pol, how = choose_tta(metric, y, m["views"], m["oof"], b.tta, b.merge)
+        idx = [m["views"].index(v) for v in POLICIES[pol]]
+        oofs.append(merge(m["oof"][idx], how))
+        tests.append(merge(m["test"][idx], how))
+        tta_report[name] = {"chosen": f"{pol}/{how}", "table": table, "test_from": test_from(m)}
+        single[name] = score(metric, y, oofs[-1])
+        log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}; test from {test_from(m)}")
+    blender = make_blend(b.method, metric, b.seed).fit(oofs, y)
+    oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
+    honest, fold_weights = nested_cv(b.method, metric, oofs, y, folds, b.seed)
+    best_name = max(names, key=lambda n: single[n] if GREATER_IS_BETTER[metric] else -single[n])
+    gain = bootstrap_gain(metric, y, honest, oofs[names.index(best_name)], b.bootstrap, b.seed)
+    errors = np.stack([1 - o[np.arange(len(y)), y] for o in oofs])
+    corr = np.corrcoef(errors) if len(oofs) > 1 else np.ones((1, 1))
+    scores = {"oof": score(metric, y, oof_blend), "honest_cv": score(metric, y, honest),
+              "best_single": single[best_name], "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
+    report = {
+        "metric": metric, "method": b.method, "models": names,
+        "weights": dict(zip(names, blender.weights_.tolist())),
+        "fold_weights": fold_weights.tolist(), "single": single, "best_single_model": best_name, **scores,
+        "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,
+        "error_correlation": {"models": names, "matrix": np.round(corr, 4).tolist()},
+    }  # fmt: skip
+    atomic_write_json(out / "report.json", report)
+    atomic_savez(
+        out / "blend.npz",
+        oof_probs=oof_blend,
+        honest_probs=honest,
+        test_probs=test_blend,
+        train_ids=comp.train["id"].to_numpy().astype(str),
+        test_ids=comp.test_ids.to_numpy().astype(str),
+    )
+    log(NAME, f"weights {report['weights']}")
+    if len(names) > 1:  # low error correlation = diverse models, where blending gains most
+        for name, row in zip(names, corr):
+            log(NAME, f"OOF error correlation {name:>16}: " + " ".join(f"{v:+.2f}" for v in row))
+    log(
+        NAME,
+        f"{metric}: blend OOF {scores['oof']:.4f}, honest CV {scores['honest_cv']:.4f}, best single "
+        f"{best_name} {scores['best_single']:.4f}, honest gain {gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
+    )
+    return {"outputs": ["blend.npz", "report.json"], "scores": scores}
 
-    def work(unit, out):
-        models = gather(plan)
-        folds = read_folds(plan)
-        names = list(models)
-        oofs, tests, tta_report, single = [], [], {}, {}
-        for name in names:
-            m = models[name]
-            table, pol, how = choose_tta(metric, y, m["views"], m["oof"], b.tta, b.merge)
-            idx = [m["views"].index(v) for v in POLICIES[pol]]
-            oofs.append(merge(m["oof"][idx], how))
-            tests.append(merge(m["test"][idx], how))
-            tta_report[name] = {"chosen": f"{pol}/{how}", "table": table, "test_from": test_from(m)}
-            single[name] = score(metric, y, oofs[-1])
-            log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}; test from {test_from(m)}")
-        blender = make_blend(b.method, metric, b.seed).fit(oofs, y)
-        oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
-        honest, fold_weights = nested_cv(b.method, metric, oofs, y, folds, b.seed)
-        best_name = max(names, key=lambda n: single[n] if GREATER_IS_BETTER[metric] else -single[n])
-        gain = bootstrap_gain(metric, y, honest, oofs[names.index(best_name)], b.bootstrap, b.seed)
-        errors = np.stack([1 - o[np.arange(len(y)), y] for o in oofs])
-        corr = np.corrcoef(errors) if len(oofs) > 1 else np.ones((1, 1))
-        scores = {"oof": score(metric, y, oof_blend), "honest_cv": score(metric, y, honest),
-                  "best_single": single[best_name], "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
-        report = {
-            "metric": metric, "method": b.method, "models": names,
-            "weights": dict(zip(names, blender.weights_.tolist())),
-            "fold_weights": fold_weights.tolist(), "single": single, "best_single_model": best_name, **scores,
-            "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,
-            "error_correlation": {"models": names, "matrix": np.round(corr, 4).tolist()},
-        }  # fmt: skip
-        atomic_write_json(out / "report.json", report)
-        atomic_savez(
-            out / "blend.npz",
-            oof_probs=oof_blend,
-            honest_probs=honest,
-            test_probs=test_blend,
-            train_ids=comp.train["id"].to_numpy().astype(str),
-            test_ids=comp.test_ids.to_numpy().astype(str),
-        )
-        log(NAME, f"weights {report['weights']}")
-        if len(names) > 1:  # low error correlation = diverse models, where blending gains most
-            for name, row in zip(names, corr):
-                log(NAME, f"OOF error correlation {name:>16}: " + " ".join(f"{v:+.2f}" for v in row))
-        log(
-            NAME,
-            f"{metric}: blend OOF {scores['oof']:.4f}, honest CV {scores['honest_cv']:.4f}, best single "
-            f"{best_name} {scores['best_single']:.4f}, honest gain {gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
-        )
-        return {"outputs": ["blend.npz", "report.json"], "scores": scores}
 
-    run_units(plan.store, [plan.blend], work, force=force, config=cfg.to_dict())
+def load(plan, unit: Unit) -> dict:
+    """{"report": report.json, and the arrays of blend.npz}."""
+    import json
+
+    d = plan.store.dir(unit)
+    return {"report": json.loads((d / "report.json").read_text()), **dict(np.load(d / "blend.npz"))}

@@ -1,51 +1,66 @@
 """features: a frozen pretrained backbone's pooled activations (pre-logits, or the pooled feature levels the model
 spec names), computed once per TTA view for every train and test image and stored on disk; `kind: head` models
-train a softmax on them in seconds."""
+train a softmax on them in seconds.
+
+Output `features.npz`: `views` (V,), `train` (V, n_train, D) and `test` (V, n_test, D) float32, rows in table order.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import torch
 
 from ..data import ImageDataset
-from ..executor import run_units
-from ..models import check_levels, create_model, preprocessing
-from ..plan import Plan, ensure_images
-from ..runtime import Normalizer, make_loader, pick_device, place_model, run_views, setup_torch
-from ..store import atomic_savez
+from ..models import check_levels, preprocessing, weights_id
+from ..runtime import make_loader, prepare_model, run_views
+from ..store import Unit, atomic_savez
 from ..tta import views_for
 
 NAME = "features"
+VERSION = 1
+PARTIAL = None
+IMPLICIT = False
 
 
-def run(plan: Plan, force: bool = False) -> None:
-    cfg = plan.cfg
-    rt = cfg.runtime
-    specs = {s.name: s for s in cfg.models}
-    by_key = {u.key: specs[name] for name, u in plan.features.items()}
+def units(plan) -> list[Unit]:
+    out = []
+    views = views_for(plan.cfg.predict.views)
+    for spec in plan.cfg.models:
+        if spec.kind != "head":
+            continue
+        params = {"backbone": spec.backbone, "weights": weights_id(spec.weights, spec.backbone),
+                  "img_size": spec.img_size, "prep": preprocessing(spec)}  # fmt: skip
+        if spec.feature_levels is not None:  # unset: the key it had before levels existed
+            params["levels"] = spec.feature_levels
+        inputs = {"train_images": plan.images("train", spec).key, "test_images": plan.images("test", spec).key}
+        out.append(Unit(NAME, spec.name, {**params, "views": views}, inputs, VERSION, meta={"model": spec.name},
+                        gpu=True))  # fmt: skip
+    return out
 
-    def work(unit, out):
-        spec = by_key[unit.key]
-        device = pick_device(rt)
-        setup_torch(rt, device)
-        prep = preprocessing(spec)
-        views = views_for(cfg.predict.views)
-        torch.manual_seed(0)  # the new head (unused here) and, with weights none, the backbone: a function of the key
-        model = place_model(create_model(spec, plan.comp.n_classes), rt, device).eval()
-        check_levels(model, spec.feature_levels, f"model {spec.name} ({spec.backbone})")
-        norm = Normalizer(prep["mean"], prep["std"], device, rt.channels_last)
-        arrays = {"views": np.array(views)}
-        for split in ("train", "test"):
-            cache = ensure_images(plan, split, spec)
-            n = len(plan.comp.sources(split))
-            loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
-            rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
-                                    levels=spec.feature_levels, desc=f"{unit.name} {split}",
-                                    show=rt.progress)  # fmt: skip
-            out_arr = np.empty_like(feats)
-            out_arr[:, rows] = feats  # rows travel with the batches: place each by its row index
-            arrays[split] = out_arr.astype(np.float32)
-        atomic_savez(out / "features.npz", **arrays)
-        return {"outputs": ["features.npz"], "scores": {"dim": int(arrays["train"].shape[-1])}}
 
-    run_units(plan.store, list(plan.features.values()), work, force=force, config=cfg.to_dict())
+def run(plan, unit: Unit, out: Path) -> dict:
+    cfg, rt = plan.cfg, plan.cfg.runtime
+    spec = cfg.model(unit.meta["model"])
+    views = unit.params["views"]
+    # seeded: the new head (unused here) and, with weights none, the backbone are a function of the key
+    device, model, norm = prepare_model(spec, rt, plan.comp.n_classes, seed=0)
+    model.eval()
+    check_levels(model, spec.feature_levels, f"model {spec.name} ({spec.backbone})")
+    arrays = {"views": np.array(views)}
+    for split in ("train", "test"):
+        cache = plan.load_input(unit, f"{split}_images")
+        n = len(plan.comp.sources(split))
+        loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
+        rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
+                                levels=spec.feature_levels, desc=f"{unit.name} {split}", show=rt.progress)  # fmt: skip
+        placed = np.empty_like(feats)
+        placed[:, rows] = feats  # rows travel with the batches: place each by its row index
+        arrays[split] = placed.astype(np.float32)
+    atomic_savez(out / "features.npz", **arrays)
+    return {"outputs": ["features.npz"], "scores": {"dim": int(arrays["train"].shape[-1])}}
+
+
+def load(plan, unit: Unit):
+    """The stored arrays (an NpzFile: `views`, `train`, `test`)."""
+    return np.load(plan.store.dir(unit) / "features.npz")

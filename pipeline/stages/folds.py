@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ..config import resolve_path
-from ..executor import log, run_units
-from ..plan import Plan
-from ..store import atomic_write
+from ..executor import log
+from ..store import Unit, atomic_write
 
 NAME = "folds"
+VERSION = 1
+PARTIAL = None
+IMPLICIT = False
 
 
 def assign_folds(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -38,26 +42,36 @@ def assign_folds(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | No
     return fold
 
 
-def run(plan: Plan, force: bool = False) -> None:
+def units(plan) -> list[Unit]:
+    c = plan.cfg.competition
+    params = {**dataclasses.asdict(plan.cfg.folds), "group_col": c.group_col}
+    return [Unit(NAME, c.name, params, {"table": plan.tables["train"]}, VERSION)]
+
+
+def run(plan, unit: Unit, out: Path) -> dict:
     comp, cfg = plan.comp, plan.cfg
     published = resolve_path(cfg.runtime.folds_dir) / f"{comp.name}.csv"
+    groups = comp.train["group"].to_numpy() if "group" in comp.train else None
+    if groups is not None and len(set(groups)) < cfg.folds.n_folds:
+        raise ValueError(f"group column '{cfg.competition.group_col}' has {len(set(groups))} groups, fewer "
+                         f"than folds.n_folds={cfg.folds.n_folds}")  # fmt: skip
+    fold = assign_folds(comp.train["y"].to_numpy(), cfg.folds.n_folds, cfg.folds.seed, groups)
+    table = pd.DataFrame({"id": comp.train["id"], "fold": fold})
+    text = table.to_csv(index=False)
+    if published.is_file() and published.read_text() != text and unit.key not in plan.forced:
+        raise FileExistsError(
+            f"{published} holds another fold assignment than this config gives (folds: {cfg.folds}); "
+            f"move it away, or run `./run.sh folds --force` to replace it"
+        )
+    atomic_write(out / "folds.csv", lambda p: p.write_text(text))
+    atomic_write(published, lambda p: p.write_text(text))
+    return {"outputs": ["folds.csv"], "scores": {"sizes": np.bincount(fold).tolist()}}
 
-    def work(unit, out):
-        groups = comp.train["group"].to_numpy() if "group" in comp.train else None
-        if groups is not None and len(set(groups)) < cfg.folds.n_folds:
-            raise ValueError(f"group column '{cfg.competition.group_col}' has {len(set(groups))} groups, fewer "
-                             f"than folds.n_folds={cfg.folds.n_folds}")  # fmt: skip
-        fold = assign_folds(comp.train["y"].to_numpy(), cfg.folds.n_folds, cfg.folds.seed, groups)
-        table = pd.DataFrame({"id": comp.train["id"], "fold": fold})
-        text = table.to_csv(index=False)
-        if published.is_file() and published.read_text() != text and not force:
-            raise FileExistsError(
-                f"{published} holds another fold assignment than this config gives (folds: {cfg.folds}); "
-                f"move it away, or run `./run.sh folds --force` to replace it"
-            )
-        atomic_write(out / "folds.csv", lambda p: p.write_text(text))
-        atomic_write(published, lambda p: p.write_text(text))
-        sizes = np.bincount(fold).tolist()
-        return {"outputs": ["folds.csv"], "scores": {"sizes": sizes}}
 
-    run_units(plan.store, [plan.folds], work, force=force)
+def load(plan, unit: Unit) -> np.ndarray:
+    """(n_train,) fold index per train row, checked against the train ids."""
+    path = plan.store.dir(unit) / "folds.csv"
+    folds = pd.read_csv(path, dtype={"id": str, "fold": int}, keep_default_na=False)
+    if folds["id"].tolist() != plan.comp.train["id"].tolist():
+        raise ValueError(f"{path}: ids do not match the train table; rerun `./run.sh folds --force`")
+    return folds["fold"].to_numpy()

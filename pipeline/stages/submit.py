@@ -8,22 +8,25 @@ import json
 import shutil
 import subprocess
 from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..config import resolve_path
-from ..executor import log, require_done, run_units
+from ..executor import log
 from ..metrics import score
-from ..plan import Plan
-from ..store import atomic_write, atomic_write_json, stable_hash
+from ..store import Unit, atomic_write, atomic_write_json, stable_hash
 from ..submission import infer_format, make_submission, validate_submission
 
 NAME = "submit"
+VERSION = 1
+PARTIAL = None
+IMPLICIT = False
 PACKAGES = ["torch", "timm", "albumentations", "scikit-learn", "numpy", "pandas", "ttach"]
 
 
-def holdout_score(plan: Plan, probs: np.ndarray) -> float | None:
+def holdout_score(plan, probs: np.ndarray) -> float | None:
     c = plan.cfg.competition
     if not c.holdout_labels:
         return None
@@ -38,47 +41,59 @@ def holdout_score(plan: Plan, probs: np.ndarray) -> float | None:
     return score(c.metric, y, probs)
 
 
-def run(plan: Plan, force: bool = False, kaggle: str | None = None) -> None:
+def units(plan) -> list[Unit]:
+    c, blend = plan.cfg.competition, plan.one("blend")
+    params = {"name": plan.cfg.submit.name, "format": c.submit_format, "task": c.task}
+    return [Unit(NAME, plan.cfg.submit.name, params, {"blend": blend.key, **plan.tables}, VERSION)]
+
+
+def run(plan, unit: Unit, out: Path) -> dict:
     cfg, comp = plan.cfg, plan.comp
     c = cfg.competition
+    blend = plan.load_input(unit, "blend")
+    report = blend["report"]
+    if not np.array_equal(blend["test_ids"], comp.test_ids.to_numpy().astype(str)):
+        raise ValueError("the blend's test ids differ from sample_submission.csv; rerun `./run.sh blend --force`")
+    fmt = infer_format(comp.sample, comp.classes, c.task, c.submit_format)
+    sub = make_submission(comp.sample, comp.classes, blend["test_probs"], fmt)
+    validate_submission(sub, comp.sample, fmt, comp.classes)
+    atomic_write(out / "submission.csv", lambda p: sub.to_csv(p, index=False))
+    held = holdout_score(plan, blend["test_probs"])
+    manifest = {
+        "competition": c.name, "name": cfg.submit.name, "format": fmt, "metric": c.metric,
+        "cv": report["oof"], "honest_cv": report["honest_cv"], "best_single": report["best_single"],
+        "models": report["models"], "weights": report["weights"], "per_model_cv": report["single"],
+        "tta": {m: t["chosen"] for m, t in report["tta"].items()}, "blend_method": report["method"],
+        "config_hash": stable_hash(cfg.to_dict()), "config_file": cfg.source, "unit_key": unit.key,
+        "holdout_score": held,
+        "packages": {p: _version(p) for p in PACKAGES}, "created": pd.Timestamp.now().isoformat(timespec="seconds"),
+    }  # fmt: skip
+    atomic_write_json(out / "manifest.json", manifest)
+    return {"outputs": ["submission.csv", "manifest.json"], "scores": {"cv": report["oof"], "holdout": held}}
 
-    def work(unit, out):
-        require_done(plan.store, plan.blend)
-        bdir = plan.store.dir(plan.blend)
-        blend = np.load(bdir / "blend.npz")
-        report = json.loads((bdir / "report.json").read_text())
-        if not np.array_equal(blend["test_ids"], comp.test_ids.to_numpy().astype(str)):
-            raise ValueError("the blend's test ids differ from sample_submission.csv; rerun `./run.sh blend --force`")
-        fmt = infer_format(comp.sample, comp.classes, c.task, c.submit_format)
-        sub = make_submission(comp.sample, comp.classes, blend["test_probs"], fmt)
-        validate_submission(sub, comp.sample, fmt, comp.classes)
-        atomic_write(out / "submission.csv", lambda p: sub.to_csv(p, index=False))
-        held = holdout_score(plan, blend["test_probs"])
-        manifest = {
-            "competition": c.name, "name": cfg.submit.name, "format": fmt, "metric": c.metric,
-            "cv": report["oof"], "honest_cv": report["honest_cv"], "best_single": report["best_single"],
-            "models": report["models"], "weights": report["weights"], "per_model_cv": report["single"],
-            "tta": {m: t["chosen"] for m, t in report["tta"].items()}, "blend_method": report["method"],
-            "config_hash": stable_hash(cfg.to_dict()), "config_file": cfg.source, "unit_key": unit.key,
-            "holdout_score": held,
-            "packages": {p: _version(p) for p in PACKAGES}, "created": pd.Timestamp.now().isoformat(timespec="seconds"),
-        }  # fmt: skip
-        atomic_write_json(out / "manifest.json", manifest)
-        return {"outputs": ["submission.csv", "manifest.json"], "scores": {"cv": report["oof"], "holdout": held}}
 
-    run_units(plan.store, [plan.submit], work, force=force, config=cfg.to_dict())
-    out = plan.store.dir(plan.submit)
-    manifest = json.loads((out / "manifest.json").read_text())
-    stem = f"{c.name}-{cfg.submit.name}-cv{manifest['cv']:.4f}-{plan.submit.key[:8]}"
+def load(plan, unit: Unit) -> dict:
+    """{"submission": path of submission.csv, "manifest": manifest.json}."""
+    d = plan.store.dir(unit)
+    return {"submission": d / "submission.csv", "manifest": json.loads((d / "manifest.json").read_text())}
+
+
+def after(plan, units: list[Unit], kaggle: str | None = None, **_) -> None:
+    """Publish the done submission to submissions/ (once per unit key) and say where it is and how it scored."""
+    cfg, c = plan.cfg, plan.cfg.competition
+    (unit,) = units
+    done = plan.load(unit)
+    manifest = done["manifest"]
+    stem = f"{c.name}-{cfg.submit.name}-cv{manifest['cv']:.4f}-{unit.key[:8]}"
     dest = resolve_path(cfg.runtime.submissions_dir) / f"{stem}.csv"
     if not dest.exists():
         dest.parent.mkdir(exist_ok=True)
-        atomic_write(dest, lambda p: shutil.copyfile(out / "submission.csv", p))
+        atomic_write(dest, lambda p: shutil.copyfile(done["submission"], p))
         atomic_write_json(dest.with_suffix(".json"), {**manifest, "file": dest.name})
     log(NAME, f"submission: {dest} (CV {c.metric} {manifest['cv']:.4f}, honest "
               f"{manifest['honest_cv']:.4f})")  # fmt: skip
     if manifest["holdout_score"] is not None:
-        log(NAME, f"held-out test {c.metric}: {manifest['holdout_score']:.4f} ({len(comp.test_ids)} images)")
+        log(NAME, f"held-out test {c.metric}: {manifest['holdout_score']:.4f} ({len(plan.comp.test_ids)} images)")
     if kaggle:
         upload(dest, kaggle, f"{cfg.submit.name} cv={manifest['cv']:.4f} honest={manifest['honest_cv']:.4f}")
 

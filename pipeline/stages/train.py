@@ -12,128 +12,96 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from ..augment import train_transform
+from ..config import model_params
 from ..data import ImageDataset
-from ..executor import require_done, run_units
 from ..metrics import better, score
-from ..models import create_model, preprocessing, stage_groups
-from ..plan import ModelUnit, Plan, ensure_images, read_folds
-from ..runtime import (
-    Normalizer,
-    amp_context,
-    derive_seed,
-    make_loader,
-    pick_device,
-    place_model,
-    progress,
-    run_views,
-    setup_torch,
-)
-from ..store import atomic_write
+from ..models import preprocessing, weights_id
+from ..plan import FULL
+from ..runtime import Normalizer, amp_context, derive_seed, make_loader, prepare_model, progress, run_views
+from ..store import Unit, atomic_write
+from ..training import EpochSampler, lr_factor, mix_batch, param_groups, set_trainable
 
 NAME = "train"
+VERSION = 3
+PARTIAL = "resume.pt"  # written after every epoch; its presence means a resumable, unfinished unit
+IMPLICIT = False
 
 
-class EpochSampler(torch.utils.data.Sampler):
-    """Yields (position, sample seed): order and augmentation seeds are a pure function of (seed, fold, epoch)."""
-
-    def __init__(self, n: int, seed: int, fold: int):
-        self.n, self.seed, self.fold, self.epoch = n, seed, fold, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        rng = np.random.default_rng(derive_seed(self.seed, self.fold, self.epoch))
-        order = rng.permutation(self.n)
-        seeds = rng.integers(0, 2**31 - 1, self.n)
-        return iter(zip(order.tolist(), seeds.tolist()))
-
-    def __len__(self) -> int:
-        return self.n
-
-
-def lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warmup then cosine to zero, over one phase of `steps` optimizer steps."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-
-def param_groups(model: torch.nn.Module, spec) -> tuple[list[dict], list[list[str]]]:
-    """AdamW groups: per stage (layer-wise decayed lr) x (decay | no decay for biases and norms)."""
-    stages = stage_groups(model)
-    named = dict(model.named_parameters())
-    groups = []
-    n_backbone = len(stages) - 1
-    for i, names in enumerate(stages):
-        mult = 1.0 if i == n_backbone else spec.backbone_lr_mult * spec.layer_decay ** (n_backbone - 1 - i)
-        for decay in (True, False):
-            params = [named[n] for n in names if (named[n].ndim > 1) == decay]
-            if params:
-                groups.append({"params": params, "lr_mult": mult, "weight_decay": spec.weight_decay if decay else 0.0})
-    return groups, stages
+def units(plan) -> list[Unit]:
+    """One unit per model x seed x fold (and x full-data with refit)."""
+    cfg, comp = plan.cfg, plan.comp
+    folds = plan.one("folds")
+    out = []
+    for spec in cfg.models:
+        if spec.kind == "head":
+            inputs = {"folds": folds.key, "features": plan.one("features", model=spec.name).key}
+        else:
+            inputs = {"folds": folds.key, "train_images": plan.images("train", spec).key}
+        params = {
+            **model_params(spec),
+            "weights_id": weights_id(spec.weights, spec.backbone),
+            "prep": preprocessing(spec),
+            "metric": cfg.competition.metric,
+            "n_classes": comp.n_classes,
+        }
+        for seed in spec.seeds:
+            for fold in [*range(cfg.folds.n_folds), *([FULL] if spec.refit else [])]:
+                name = f"{spec.name}/seed{seed}/" + ("full" if fold == FULL else f"fold{fold}")
+                meta = {"model": spec.name, "seed": seed, "fold": fold}
+                unit = Unit(NAME, name, {**params, "seed": seed, "fold": fold}, inputs, VERSION, meta=meta)
+                unit.gpu = spec.kind != "head"
+                out.append(unit)
+    return out
 
 
-def set_trainable(model: torch.nn.Module, trainable: set[str]) -> None:
-    """requires_grad for the named parameters only; modules whose own parameters are all frozen go to eval mode
-    (BatchNorm statistics frozen with their weights)."""
-    model.train()
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in trainable)
-    for mname, module in model.named_modules():
-        own = [f"{mname}.{n}" if mname else n for n, _ in module.named_parameters(recurse=False)]
-        if own and not any(n in trainable for n in own):
-            module.eval()
+@dataclass
+class Session:
+    """One fine-tuning unit in progress: what setup builds and every epoch reads or updates."""
+
+    spec: object
+    unit: Unit
+    device: torch.device
+    model: torch.nn.Module
+    norm: Normalizer
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: object | None
+    head: set[str]  # parameter names trained in the frozen epochs
+    tuned: set[str]  # and after them
+    loader: torch.utils.data.DataLoader
+    sampler: EpochSampler
+    val_loader: torch.utils.data.DataLoader | None  # None for a full-data (refit) unit: nothing held out
+    y: np.ndarray  # (n_train,) class index per train row
+    metric: str
+    n_classes: int
+    amp: bool
+    progress: bool
+    fwd_model: object = None  # the model, compiled when spec.compile
+    start: int = 0  # the next epoch to run
+    best: float | None = None
+    best_epoch: int = -1
+    history: list[dict] = field(default_factory=list)
 
 
-def mix_batch(x: torch.Tensor, y: torch.Tensor, n_classes: int, spec, smoothing: float):
-    """Soft targets with label smoothing, and mixup or cutmix (torch RNG, seeded per epoch)."""
-    target = torch.full((len(y), n_classes), smoothing / n_classes, device=x.device)
-    target.scatter_(1, y[:, None], 1 - smoothing + smoothing / n_classes)
-    alphas = [a for a in (spec.mixup, spec.cutmix) if a > 0]
-    if not alphas:
-        return x, target
-    use_cutmix = spec.cutmix > 0 and (spec.mixup <= 0 or torch.rand(()) < 0.5)
-    alpha = spec.cutmix if use_cutmix else spec.mixup
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(len(y), device=x.device)
-    if use_cutmix:
-        h, w = x.shape[-2:]
-        rh, rw = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
-        t, b, left, r = max(cy - rh // 2, 0), min(cy + rh // 2, h), max(cx - rw // 2, 0), min(cx + rw // 2, w)
-        x = x.clone()
-        x[..., t:b, left:r] = x[perm][..., t:b, left:r]
-        lam = 1 - (b - t) * (r - left) / (h * w)
-    else:
-        x = lam * x + (1 - lam) * x[perm]
-    return x, lam * target + (1 - lam) * target[perm]
-
-
-def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
-    cfg, comp, spec, seed, fold = plan.cfg, plan.comp, mu.spec, mu.seed, mu.fold
-    rt = cfg.runtime
-    device = pick_device(rt)
-    setup_torch(rt, device)
-    prep = preprocessing(spec)
-    folds = read_folds(plan)
-    y_all = comp.train["y"].to_numpy()
+def setup(plan, unit: Unit) -> Session:
+    """Model with a new head (seeded), AdamW over per-stage groups, scaler, EMA, loaders of the fold's rows."""
+    cfg, comp, rt = plan.cfg, plan.comp, plan.cfg.runtime
+    spec, seed, fold = cfg.model(unit.meta["model"]), unit.meta["seed"], unit.meta["fold"]
+    folds = plan.load_input(unit, "folds")
     tr_rows, va_rows = np.where(folds != fold)[0], np.where(folds == fold)[0]
-    cache = ensure_images(plan, "train", spec)
-
-    torch.manual_seed(derive_seed(seed, fold, 7))  # the new head's initialisation depends on the seed only
-    model = place_model(create_model(spec, comp.n_classes), rt, device)
+    cache = plan.load_input(unit, "train_images")
+    device, model, norm = prepare_model(spec, rt, comp.n_classes, seed=derive_seed(seed, fold, 7))
     groups, stages = param_groups(model, spec)
-    opt = torch.optim.AdamW(groups, lr=spec.lr)
     use_fp16 = device.type == "cuda" and rt.amp and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_fp16)
     ema = None
     if spec.ema:
         from timm.utils import ModelEmaV3
@@ -141,110 +109,136 @@ def train_finetune(plan: Plan, mu: ModelUnit, out) -> dict:
         ema = ModelEmaV3(model, decay=spec.ema_decay)
     head = set(stages[-1])
     backbone_stages = stages[:-1] if spec.unfreeze < 0 else stages[:-1][len(stages) - 1 - spec.unfreeze :]
-    tuned = head | {n for s in backbone_stages for n in s}
-    fwd_model = torch.compile(model) if spec.compile else model
-
-    start, best, best_epoch, history = 0, None, -1, []
-    resume = out / "resume.pt"
-    if resume.exists():
-        state = torch.load(resume, map_location="cpu", weights_only=True)
-        if state["params"] != mu.unit.params:  # only if a resume.pt was moved by hand: keys make this impossible
-            changed = sorted(k for k in state["params"] if state["params"][k] != mu.unit.params.get(k))
-            raise RuntimeError(f"{resume} was written with other settings (changed: {changed}); refusing to resume")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        start, best, best_epoch, history = state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
-
-    norm = Normalizer(prep["mean"], prep["std"], device, rt.channels_last)
-    ds = ImageDataset(cache, tr_rows, y_all, train_transform(spec.augment, spec.img_size, prep["cache_size"]))
+    y = comp.train["y"].to_numpy()
+    prep = preprocessing(spec)
+    ds = ImageDataset(cache, tr_rows, y, train_transform(spec.augment, spec.img_size, prep["cache_size"]))
     sampler = EpochSampler(len(tr_rows), seed, fold)
-    loader = make_loader(ds, spec.batch_size, rt.num_workers, device, sampler=sampler)
-    held_out = len(va_rows) > 0  # a full-data (refit) unit has none: no validation, it keeps its last epoch
-    if held_out:
-        val_loader = make_loader(ImageDataset(cache, va_rows, y_all), cfg.predict.batch_size, rt.num_workers, device)
-    steps_per_epoch = math.ceil(len(loader) / spec.accum_steps)
+    val_loader = None
+    if len(va_rows):
+        val_loader = make_loader(ImageDataset(cache, va_rows, y), cfg.predict.batch_size, rt.num_workers, device)
+    return Session(
+        spec, unit, device, model, norm, torch.optim.AdamW(groups, lr=spec.lr),
+        torch.amp.GradScaler("cuda", enabled=use_fp16), ema, head, head | {n for s in backbone_stages for n in s},
+        make_loader(ds, spec.batch_size, rt.num_workers, device, sampler=sampler), sampler, val_loader, y,
+        cfg.competition.metric, comp.n_classes, rt.amp, rt.progress,
+        fwd_model=torch.compile(model) if spec.compile else model,
+    )  # fmt: skip
+
+
+def resume(s: Session, path: Path) -> None:
+    """Continue from the state saved after the last finished epoch (weights, optimizer, scaler, EMA, history)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state["params"] != s.unit.params:  # only if a resume.pt was moved by hand: keys make this impossible
+        changed = sorted(k for k in state["params"] if state["params"][k] != s.unit.params.get(k))
+        raise RuntimeError(f"{path} was written with other settings (changed: {changed}); refusing to resume")
+    s.model.load_state_dict(state["model"])
+    s.opt.load_state_dict(state["optimizer"])
+    s.scaler.load_state_dict(state["scaler"])
+    if s.ema is not None:
+        s.ema.load_state_dict(state["ema"])
+    s.start, s.best, s.best_epoch, s.history = state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
+
+
+def train_one_epoch(s: Session, epoch: int) -> dict:
+    """One pass over the fold's training rows; returns the epoch's loss, images/s and data-wait share."""
+    spec, seed, fold = s.spec, s.unit.meta["seed"], s.unit.meta["fold"]
     frozen = min(spec.frozen_epochs, spec.epochs)
-    for epoch in range(start, spec.epochs):
-        phase_start, phase_len = (0, frozen) if epoch < frozen else (frozen, spec.epochs - frozen)
-        set_trainable(model, head if epoch < frozen else tuned)
-        torch.manual_seed(derive_seed(seed, fold, epoch, 1))
-        sampler.set_epoch(epoch)
-        warmup = int(spec.warmup_epochs * steps_per_epoch)
-        losses, wait, n_images, t_epoch = [], 0.0, 0, time.perf_counter()
-        batches = iter(progress(loader, len(loader), f"{mu.unit.name} e{epoch}", rt.progress))
-        for i in range(len(loader)):
-            t_wait = time.perf_counter()
-            images, labels, _ = next(batches)
-            wait += time.perf_counter() - t_wait
-            n_images += len(labels)
-            step = (epoch - phase_start) * steps_per_epoch + i // spec.accum_steps
-            for g in opt.param_groups:
-                g["lr"] = spec.lr * g["lr_mult"] * lr_factor(step, phase_len * steps_per_epoch, warmup)
-            x, target = mix_batch(norm(images), labels.to(device), comp.n_classes, spec, spec.label_smoothing)
-            with amp_context(device, rt.amp):
-                logits = fwd_model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float(), target) / spec.accum_steps
-            scaler.scale(loss).backward()
-            losses.append(float(loss.detach()) * spec.accum_steps)
-            if (i + 1) % spec.accum_steps == 0 or i + 1 == len(loader):
-                if spec.grad_clip > 0:
-                    scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
-                scaler.step(opt)
-                scaler.update()
-                opt.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        train_seconds = time.perf_counter() - t_epoch
-        eval_model = ema.module if ema is not None else model
-        if held_out:
-            rows, probs = run_views(eval_model, val_loader, ["center"], spec.img_size, norm, rt.amp)
-            val = score(cfg.competition.metric, y_all[rows], probs[0])
-            improved = best is None or better(cfg.competition.metric, val, best)
-        else:
-            val, improved = None, epoch == spec.epochs - 1
+    phase_start, phase_len = (0, frozen) if epoch < frozen else (frozen, spec.epochs - frozen)
+    set_trainable(s.model, s.head if epoch < frozen else s.tuned)
+    torch.manual_seed(derive_seed(seed, fold, epoch, 1))  # dropout, mixup and cutmix draws of this epoch
+    s.sampler.set_epoch(epoch)
+    steps_per_epoch = math.ceil(len(s.loader) / spec.accum_steps)
+    warmup = int(spec.warmup_epochs * steps_per_epoch)
+    losses, wait, n_images, t_epoch = [], 0.0, 0, time.perf_counter()
+    batches = iter(progress(s.loader, len(s.loader), f"{s.unit.name} e{epoch}", s.progress))
+    for i in range(len(s.loader)):
+        t_wait = time.perf_counter()
+        images, labels, _ = next(batches)
+        wait += time.perf_counter() - t_wait
+        n_images += len(labels)
+        step = (epoch - phase_start) * steps_per_epoch + i // spec.accum_steps
+        for g in s.opt.param_groups:
+            g["lr"] = spec.lr * g["lr_mult"] * lr_factor(step, phase_len * steps_per_epoch, warmup)
+        x, target = mix_batch(s.norm(images), labels.to(s.device), s.n_classes, spec, spec.label_smoothing)
+        with amp_context(s.device, s.amp):
+            logits = s.fwd_model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), target) / spec.accum_steps
+        s.scaler.scale(loss).backward()
+        losses.append(float(loss.detach()) * spec.accum_steps)
+        if (i + 1) % spec.accum_steps == 0 or i + 1 == len(s.loader):
+            if spec.grad_clip > 0:
+                s.scaler.unscale_(s.opt)
+                torch.nn.utils.clip_grad_norm_(s.model.parameters(), spec.grad_clip)
+            s.scaler.step(s.opt)
+            s.scaler.update()
+            s.opt.zero_grad(set_to_none=True)
+            if s.ema is not None:
+                s.ema.update(s.model)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t_epoch
+    return {"epoch": epoch, "phase": "frozen" if epoch < frozen else "tuned", "train_loss": float(np.mean(losses)),
+            "images_per_s": n_images / seconds, "data_wait_share": wait / seconds}  # fmt: skip
+
+
+def evaluate(s: Session, model: torch.nn.Module) -> float | None:
+    """The metric on the fold's held-out rows (centre view); None for a full-data unit."""
+    if s.val_loader is None:
+        return None
+    rows, probs = run_views(model, s.val_loader, ["center"], s.spec.img_size, s.norm, s.amp)
+    return score(s.metric, s.y[rows], probs[0])
+
+
+def save_state(s: Session, out: Path, epoch: int) -> None:
+    """metrics.csv and resume.pt after every epoch, each written atomically."""
+    atomic_write(out / "metrics.csv", lambda p: pd.DataFrame(s.history).to_csv(p, index=False))
+    state = {
+        "model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "scaler": s.scaler.state_dict(),
+        "ema": s.ema.state_dict() if s.ema is not None else {}, "epoch": epoch, "best": s.best,
+        "best_epoch": s.best_epoch, "history": s.history, "params": s.unit.params,
+    }  # fmt: skip
+    atomic_write(out / PARTIAL, lambda p: torch.save(state, p))
+
+
+def train_finetune(plan, unit: Unit, out: Path) -> dict:
+    s = setup(plan, unit)
+    if (out / PARTIAL).exists():
+        resume(s, out / PARTIAL)
+    spec = s.spec
+    for epoch in range(s.start, spec.epochs):
+        row = train_one_epoch(s, epoch)
+        eval_model = s.ema.module if s.ema is not None else s.model
+        val = evaluate(s, eval_model)
+        # with nothing held out (refit) the last epoch is kept
+        improved = epoch == spec.epochs - 1 if val is None else (s.best is None or better(s.metric, val, s.best))
         if improved:
-            best, best_epoch = val, epoch
+            s.best, s.best_epoch = val, epoch
             weights = {k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}
             atomic_write(out / "model.safetensors", lambda p, w=weights: save_file(w, str(p)))
-        history.append({"epoch": epoch, "phase": "frozen" if epoch < frozen else "tuned",
-                        "train_loss": float(np.mean(losses)), cfg.competition.metric: val, "best": improved,
-                        "images_per_s": n_images / train_seconds, "data_wait_share": wait / train_seconds})  # fmt: skip
-        atomic_write(out / "metrics.csv", lambda p: pd.DataFrame(history).to_csv(p, index=False))
-        state = {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else {}, "epoch": epoch, "best": best,
-            "best_epoch": best_epoch, "history": history, "params": mu.unit.params,
-        }  # fmt: skip
-        atomic_write(resume, lambda p, s=state: torch.save(s, p))
-        if spec.patience and held_out and epoch - best_epoch >= spec.patience:
+        s.history.append({**row, s.metric: val, "best": improved})
+        save_state(s, out, epoch)
+        if spec.patience and val is not None and epoch - s.best_epoch >= spec.patience:
             break
     return {
         "outputs": ["model.safetensors", "metrics.csv"],
-        "scores": {cfg.competition.metric: best, "best_epoch": best_epoch},
-        "cleanup": ["resume.pt"],
+        "scores": {s.metric: s.best, "best_epoch": s.best_epoch},
+        "cleanup": [PARTIAL],
     }
 
 
-def train_head(plan: Plan, mu: ModelUnit, out) -> dict:
+def train_head(plan, unit: Unit, out: Path) -> dict:
     """Multinomial logistic regression on standardised centre-view features of the fold's training rows."""
     from sklearn.linear_model import LogisticRegression
 
-    cfg, comp, spec = plan.cfg, plan.comp, mu.spec
-    feat_unit = plan.features[spec.name]
-    require_done(plan.store, feat_unit)
-    feats = np.load(plan.store.dir(feat_unit) / "features.npz")
+    cfg, comp = plan.cfg, plan.comp
+    spec = cfg.model(unit.meta["model"])
+    feats = plan.load_input(unit, "features")
     x = feats["train"][list(feats["views"]).index("center")].astype(np.float64)
-    folds = read_folds(plan)
+    folds = plan.load_input(unit, "folds")
     y = comp.train["y"].to_numpy()
-    tr, va = folds != mu.fold, folds == mu.fold
+    tr, va = folds != unit.meta["fold"], folds == unit.meta["fold"]
     mean, scale = x[tr].mean(0), x[tr].std(0) + 1e-6
-    clf = LogisticRegression(C=spec.head_c, max_iter=3000, random_state=mu.seed)
+    clf = LogisticRegression(C=spec.head_c, max_iter=3000, random_state=unit.meta["seed"])
     clf.fit((x[tr] - mean) / scale, y[tr])
     probs = np.zeros((va.sum(), comp.n_classes))
     val = None  # a full-data (refit) unit has no held-out rows
@@ -266,13 +260,16 @@ def train_head(plan: Plan, mu: ModelUnit, out) -> dict:
     return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {cfg.competition.metric: val}}
 
 
-def run(plan: Plan, force: bool = False) -> None:
-    require_done(plan.store, plan.folds)
-    by_key = {mu.unit.key: mu for mu in plan.train}
+def run(plan, unit: Unit, out: Path) -> dict:
+    kind = plan.cfg.model(unit.meta["model"]).kind
+    return (train_head if kind == "head" else train_finetune)(plan, unit, out)
 
-    def work(unit, out):
-        mu = by_key[unit.key]
-        return (train_head if mu.spec.kind == "head" else train_finetune)(plan, mu, out)
 
-    run_units(plan.store, [mu.unit for mu in plan.train], work, force=force, config=plan.cfg.to_dict(),
-              partial="resume.pt")  # fmt: skip
+def load(plan, unit: Unit) -> dict:
+    """{"kind": "finetune", "state_dict": tensors} or {"kind": "head", "head": numpy arrays}, and "metrics"."""
+    d = plan.store.dir(unit)
+    metrics = pd.read_csv(d / "metrics.csv")
+    if (d / "head.safetensors").is_file():
+        return {"kind": "head", "head": {k: v.numpy() for k, v in load_file(str(d / "head.safetensors")).items()},
+                "metrics": metrics}  # fmt: skip
+    return {"kind": "finetune", "state_dict": load_file(str(d / "model.safetensors")), "metrics": metrics}

@@ -1,0 +1,221 @@
+"""The scheduler: brings a set of units to done over the graph, not stage by stage.
+
+A unit is ready when every unit it reads is done; ready units go to the executor in plan order (dependencies first)
+up to its capacity, so folds x seeds x models, several backbones' features, and the predict of a finished fold while
+other folds train all run at once. A unit claimed by another live process (another run on the same work dir) is
+waited for, never run twice; when its owner dies it is run here and resumes. A worker that died is replaced and its
+unit sent again (it resumes). One console line per unit: run / resume / skip / wait / done / failed.
+"""
+
+from __future__ import annotations
+
+import time
+
+from . import claims
+from .executor import UnitFailed, format_scores, log, make_executor, stderr
+from .plan import MissingInput, Plan
+from .store import DONE, Unit
+
+POLL_S = 0.5
+MAX_DEATHS = 3  # a unit whose worker died this many times fails the run
+
+
+class _Lazy:
+    """Start the executor (worker processes, a Ray instance) only when a unit actually has to run."""
+
+    def __init__(self, plan: Plan, executor=None):
+        self.plan, self._ex = plan, executor
+
+    @property
+    def ex(self):
+        if self._ex is None:
+            self._ex = make_executor(self.plan)
+            if getattr(self._ex, "describe", None):
+                log("run", f"executor {self._ex.name}: {self._ex.describe}")
+        return self._ex
+
+    def close(self, abort: bool = False) -> None:
+        if self._ex is not None:
+            self._ex.close(abort)
+
+
+def targets_for(plan: Plan, stages: list[str]) -> list[Unit]:
+    """The units of the named stages plus what they need of implicit stages (image caches); any other input that is
+    not done is refused before any work, naming the stage to run."""
+    from .stages import STAGES
+
+    want = [u for u in plan.units if u.stage in stages]
+    keys = {u.key for u in want}
+    seen: set[str] = set()
+    stack = [d for u in want for d in plan.deps[u.key]]
+    while stack:
+        k = stack.pop()
+        if k in keys or k in seen:
+            continue
+        seen.add(k)
+        dep = plan.by_key[k]
+        if STAGES[dep.stage].IMPLICIT:
+            keys.add(k)
+            stack += plan.deps[k]
+        elif not plan.store.is_done(dep):
+            raise MissingInput(f"{dep.label} is not done: run `./run.sh {dep.stage}` (or `./run.sh all`) first")
+    return [u for u in plan.units if u.key in keys]
+
+
+def _force(plan: Plan, units: list[Unit]) -> None:
+    from .stages import STAGES
+
+    for u in units:
+        d = plan.store.dir(u)
+        owner = claims.live_owner(d, plan.cfg.runtime.claim_timeout)
+        if owner:
+            raise RuntimeError(f"{u.label} is running ({claims.owner(owner)}); --force it once that run ends")
+        (d / DONE).unlink(missing_ok=True)
+        partial = STAGES[u.stage].PARTIAL
+        if partial:
+            (d / partial).unlink(missing_ok=True)
+
+
+def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=None) -> None:
+    """Bring every target to done (their dependencies must be among them or done). Raises UnitFailed after the
+    units in flight have finished, if any unit failed."""
+    from .stages import STAGES
+
+    store, timeout = plan.store, plan.cfg.runtime.claim_timeout
+    _force(plan, list(force))
+    forced = {u.key for u in force}
+    done = {u.key for u in plan.units if store.is_done(u)}
+    pending = list(targets)
+    running: dict[str, Unit] = {}
+    waiting: dict[str, Unit] = {}
+    deaths: dict[str, int] = {}
+    failures: list[str] = []
+    lazy = _Lazy(plan, executor)
+    try:
+        while pending or running or waiting:
+            for key, u in list(waiting.items()):  # units another process holds
+                if store.is_done(u):
+                    done.add(key)
+                    del waiting[key]
+                    log(u.stage, f"done   {u.name} (by another run)")
+                elif not claims.live_owner(store.dir(u), timeout):
+                    del waiting[key]
+                    pending.insert(0, u)
+            dispatched = False
+            for u in list(pending) if not failures else []:
+                if u.key in done:
+                    pending.remove(u)
+                    log(u.stage, f"skip   {u.name} (done)")
+                    continue
+                if not all(d in done for d in plan.deps[u.key]):
+                    continue
+                owner = claims.live_owner(store.dir(u), timeout)
+                if owner:
+                    pending.remove(u)
+                    waiting[u.key] = u
+                    log(u.stage, f"wait   {u.name} (running: {claims.owner(owner)})")
+                    continue
+                if len(running) >= lazy.ex.capacity:
+                    break
+                partial = STAGES[u.stage].PARTIAL
+                verb = "resume" if partial and (store.dir(u) / partial).exists() else "run   "
+                log(u.stage, f"{verb} {u.name}")
+                pending.remove(u)
+                running[u.key] = u
+                lazy.ex.submit(u, u.key in forced)
+                dispatched = True
+            if failures:
+                pending.clear()
+            if not running and not waiting:
+                if pending and not dispatched:
+                    stuck = ", ".join(u.label for u in pending[:3])
+                    raise MissingInput(f"cannot run {stuck}: an input is neither done nor part of this run")
+                continue
+            events = lazy.ex.wait(POLL_S if waiting or not running else None)
+            for key, res in events:
+                u = running.pop(key)
+                _report(plan, u, res, lazy.ex.echo, done, pending, deaths, failures)
+    except BaseException:  # Ctrl-C or a scheduler error: stop the workers now (their units resume next time)
+        lazy.close(abort=True)
+        raise
+    lazy.close()
+    if failures:
+        raise UnitFailed(failures[0] + (f" (and {len(failures) - 1} more failed units)" if len(failures) > 1 else ""))
+
+
+def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deaths: dict, failures: list) -> None:
+    state = res["state"]
+    if not echo:  # a worker's lines come back with its result
+        for line in res.get("lines", []):
+            print(line, flush=True)
+    if state == "done":
+        if not plan.store.is_done(u):
+            failures.append(f"{u.label}: a worker on {res.get('host')} finished it, but no {DONE} is visible in "
+                            f"{plan.store.dir(u)}: the work dir must be shared by every worker")  # fmt: skip
+            return
+        done.add(u.key)
+        m = res["marker"]
+        log(u.stage, f"done   {u.name} in {m['seconds']:.1f}s {format_scores(m['scores'])}".rstrip())
+    elif state == "skip":
+        done.add(u.key)
+        log(u.stage, f"skip   {u.name} (done)")
+    elif state == "busy":
+        pending.insert(0, u)
+        log(u.stage, f"wait   {u.name} (running: {res['owner']})")
+        time.sleep(POLL_S)
+    elif state == "died":
+        deaths[u.key] = deaths.get(u.key, 0) + 1
+        if deaths[u.key] >= MAX_DEATHS or res.get("retried"):
+            failures.append(f"{u.label}: its worker died {deaths[u.key]} time(s) (exit {res.get('exitcode')})")
+            stderr(f"[{u.stage}] failed {u.name}: {failures[-1]}")
+        else:
+            log(u.stage, f"worker died (exit {res.get('exitcode')}) running {u.name}; running it again (it resumes)")
+            pending.insert(0, u)
+    else:
+        where = f" (log: {res['log']})" if res.get("log") else ""
+        failures.append(f"{u.label}: {res.get('message')}{where}")
+        stderr(f"[{u.stage}] failed {u.name}: {res.get('message')}{where}")
+
+
+def run_stages(plan: Plan, stages: list[str], force: bool = False, executor=None, **options) -> None:
+    """What the CLI runs: the named stages' units (and the image caches they need), then each stage's `after`."""
+    from .stages import STAGES
+
+    targets = targets_for(plan, stages)
+    forced = [u for u in targets if force and u.stage in stages] if force else []
+    run_units(plan, targets, forced, executor)
+    for name in stages:
+        after = getattr(STAGES[name], "after", None)
+        if after is not None:
+            after(plan, plan.all(name), **options)
+
+
+def status(plan: Plan) -> int:
+    from .stages import STAGES
+
+    counts: dict[str, int] = {}
+    for unit in plan.units:
+        owner = claims.live_owner(plan.store.dir(unit), plan.cfg.runtime.claim_timeout)
+        if owner and not plan.store.is_done(unit):
+            state, reason = "running", f"({owner.get('host')}, pid {owner.get('pid')})"
+        else:
+            state, reason = plan.store.status(unit, STAGES[unit.stage].PARTIAL)
+        counts[state] = counts.get(state, 0) + 1
+        print(f"{state:8} {unit.label:48} {reason}")
+    print("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    return 0
+
+
+def ensure_done(plan: Plan, units: list[Unit], force: list[Unit] = (), executor=None) -> None:
+    """Bring these units to done, with every ancestor that is not (benches and tests; the local executor unless
+    one is given). `force` units are redone."""
+    forced = {u.key for u in force}
+    keys: set[str] = set()
+    stack = [u.key for u in [*units, *force]]
+    while stack:
+        k = stack.pop()
+        if k in keys or (k not in forced and plan.store.is_done(plan.by_key[k])):
+            continue
+        keys.add(k)
+        stack += plan.deps[k]
+    run_units(plan, [u for u in plan.units if u.key in keys], list(force), executor)
