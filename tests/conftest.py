@@ -143,3 +143,37 @@ def run_cli(*args: str, check: bool = True, env: dict | None = None) -> subproce
 @pytest.fixture
 def tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+# One small competition run by every executor test: a fine-tuned model (long enough to be killed mid-training) and
+# a head; one torch thread per unit everywhere, so that executors can be compared bit for bit.
+EXEC_MODELS = [{"name": "tiny", "backbone": "test_efficientnet", "weights": "none", "epochs": 6},
+               {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
+
+
+def exec_config(tmp: Path, **runtime) -> Path:
+    return write_config(tmp, "csv", models=EXEC_MODELS, runtime={"threads": 1, "workers": 2, **runtime})
+
+
+def run_outputs(tmp: Path) -> dict:
+    """The submission's bytes and every stored OOF and test probability, by unit."""
+    (sub,) = sorted((tmp / "submissions").glob("*.csv"))
+    out = {"submission": sub.read_bytes()}
+    for path in sorted((tmp / "work").glob("*/predict/**/preds.npz")):
+        d = np.load(path)
+        name = str(path.parent.parent.relative_to(tmp / "work"))
+        out[name] = (d["oof_probs"].tobytes(), d["test_probs"].tobytes())
+    return out
+
+
+def unit_logs(tmp: Path, stage: str = "train") -> dict[str, str]:
+    return {str(p.parent.parent.relative_to(tmp / "work")): p.read_text()
+            for p in (tmp / "work").glob(f"*/{stage}/**/log.txt")}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory) -> dict:
+    """The executor tests' config run once by the local executor: what every other executor must reproduce."""
+    tmp = tmp_path_factory.mktemp("reference")
+    run_cli("all", "--config", str(exec_config(tmp, executor="local")))
+    return run_outputs(tmp)

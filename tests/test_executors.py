@@ -1,0 +1,71 @@
+"""Same answer everywhere: the local, processes and Ray executors (a local instance, and a 2-node cluster) give
+byte-identical submissions and identical OOF probabilities for the same config; `status` shows claimed units."""
+
+import os
+import re
+
+import pytest
+
+from .conftest import exec_config, reference_run, run_cli, run_outputs, unit_logs  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def assert_same(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == want[k], f"{k} differs"
+
+
+def test_processes_executor_matches_local(tmp, reference_run):  # noqa: F811
+    out = run_cli("all", "--config", str(exec_config(tmp, executor="processes"))).stdout
+    assert "executor processes: 2 worker processes" in out
+    assert_same(run_outputs(tmp), reference_run)
+    pids = {re.search(r"pid (\d+)", log).group(1) for log in unit_logs(tmp).values()}
+    assert len(pids) == 2  # the units ran in the two workers, not in the run's own process
+
+
+def test_ray_local_instance_matches_local(tmp, reference_run):  # noqa: F811
+    out = run_cli("all", "--config", str(exec_config(tmp, executor="ray"))).stdout
+    assert "executor ray: Ray cluster with" in out
+    assert_same(run_outputs(tmp), reference_run)
+
+
+def test_ray_two_node_cluster_matches_local(tmp, reference_run):  # noqa: F811
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        out = run_cli("all", "--config", str(exec_config(tmp, executor="ray")),
+                      env={"RAY_ADDRESS": cluster.address}).stdout  # fmt: skip
+        assert "Ray cluster with 2 CPUs" in out
+    finally:
+        cluster.shutdown()
+    assert_same(run_outputs(tmp), reference_run)
+    hosts_pids = {re.search(r"pid (\d+)", log).group(1) for log in unit_logs(tmp).values()}
+    assert len(hosts_pids) >= 2  # both nodes' workers ran units
+
+
+def test_status_shows_a_claimed_unit_as_running(tmp):
+    import json
+    import time
+
+    from pipeline import claims
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+
+    cfg = str(exec_config(tmp))
+    plan = build_plan(load_config(cfg))
+    unit = plan.one("train", model="tiny", seed=0, fold=1)
+    d = plan.store.dir(unit)
+    d.mkdir(parents=True)
+    rec = {"host": "gpu-node-7", "pid": 4242, "token": "x", "started": time.time(), "heartbeat": time.time()}
+    (d / claims.CLAIM).write_text(json.dumps(rec))
+    status = run_cli("status", "--config", cfg).stdout
+    assert re.search(r"^running +train/tiny/seed0/fold1 +\(gpu-node-7, pid 4242\)", status, flags=re.M), status
+    rec["heartbeat"] = time.time() - 1000  # the owner stopped beating long ago: not running
+    (d / claims.CLAIM).write_text(json.dumps(rec))
+    assert re.search(r"^missing +train/tiny/seed0/fold1", run_cli("status", "--config", cfg).stdout, flags=re.M)
+    assert os.path.exists(d / claims.CLAIM)  # status only reads
