@@ -16,9 +16,9 @@ pytestmark = pytest.mark.slow
 VICTIM = "tiny-csv/train/tiny/seed0/fold0"
 
 
-def start(cfg, env=None) -> subprocess.Popen:
+def start(cfg, **kw) -> subprocess.Popen:
     return subprocess.Popen(["./run.sh", "all", "--config", str(cfg)], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})})  # fmt: skip
+                            stderr=subprocess.PIPE, **kw)  # fmt: skip
 
 
 def kill_worker_mid_training(tmp, proc) -> int:
@@ -76,8 +76,7 @@ def test_three_runs_at_once_share_the_work(tmp, reference_run):  # noqa: F811
 
 
 def test_ctrl_c_says_how_to_resume(tmp, reference_run):  # noqa: F811
-    proc = subprocess.Popen(["./run.sh", "all", "--config", str(exec_config(tmp, executor="processes"))], cwd=REPO,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+    proc = start(exec_config(tmp, executor="processes"), start_new_session=True)
     folder = tmp / "work" / VICTIM
     deadline = time.time() + 240
     while not list(folder.glob("*/resume.pt")) and time.time() < deadline:
