@@ -31,7 +31,7 @@ class _Lazy:
         if self._ex is None:
             self._ex = make_executor(self.plan)
             if getattr(self._ex, "describe", None):
-                log("run", f"executor {self._ex.name}: {self._ex.describe}")
+                log("run", f"executor {self._ex.name}: {self._ex.describe}; {self._ex.capacity} units at once")
         return self._ex
 
     def close(self, abort: bool = False) -> None:

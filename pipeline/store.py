@@ -162,6 +162,9 @@ class Store:
             "outputs": outputs,
             "scores": scores or {},
             "seconds": round(time.time() - started, 3),
+            "started_at": round(started, 3),  # epoch seconds: when the unit started and ended (for timelines)
+            "finished_at": round(time.time(), 3),
+            "host": HOST,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             **extra,
         }

@@ -69,3 +69,24 @@ def test_status_shows_a_claimed_unit_as_running(tmp):
     (d / claims.CLAIM).write_text(json.dumps(rec))
     assert re.search(r"^missing +train/tiny/seed0/fold1", run_cli("status", "--config", cfg).stdout, flags=re.M)
     assert os.path.exists(d / claims.CLAIM)  # status only reads
+
+
+def test_a_worker_that_sees_other_files_fails_naming_its_host(tmp):
+    from PIL import Image
+
+    from pipeline import executor
+    from pipeline.config import load_config
+    from pipeline.plan import build_plan
+    from pipeline.store import HOST
+
+    cfg = load_config(exec_config(tmp))
+    plan = build_plan(cfg)
+    executor._plans.clear()
+    with pytest.raises(RuntimeError, match=rf"on host {HOST}: .*is not the scheduler's .*shared filesystem"):
+        executor.plan_for(cfg.to_dict(), plan.digest)  # its work dir holds no plan published by the scheduler
+    executor.publish_plan(plan)
+    assert executor.plan_for(cfg.to_dict(), plan.digest).digest == plan.digest
+    executor._plans.clear()  # a fresh worker, on a node where one training image differs
+    Image.new("L", (8, 8), 255).save(plan.comp.train_sources[0])
+    with pytest.raises(RuntimeError, match=rf"on host {HOST}: the plan built here differs from the scheduler's"):
+        executor.plan_for(cfg.to_dict(), plan.digest)
