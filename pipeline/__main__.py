@@ -41,11 +41,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         plan = build_plan(cfg)
+        for note in plan.comp.notes:
+            print(f"[data] note: {note}", flush=True)
         if args.command == "status":
             return status(plan)
         run_stages(plan, stages if args.command == "all" else [args.command],
                    force=args.force and args.command != "all", kaggle=args.kaggle)  # fmt: skip
-    except (MissingInput, UnitFailed, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+    except (MissingInput, UnitFailed, ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

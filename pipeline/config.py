@@ -190,6 +190,61 @@ CHOICES = {
 }
 
 
+# (low, high, low inclusive, high inclusive); None = unbounded. Keys of models use the field name after "models.".
+RANGES: dict[str, tuple] = {
+    "folds.n_folds": (2, None, True, True),
+    "models.img_size": (8, 4096, True, True),
+    "models.crop_pct": (0.0, 1.0, False, True),
+    "models.batch_size": (1, None, True, True),
+    "models.epochs": (1, None, True, True),
+    "models.frozen_epochs": (0, None, True, True),
+    "models.unfreeze": (-1, None, True, True),
+    "models.lr": (0.0, None, False, True),
+    "models.backbone_lr_mult": (0.0, None, True, True),
+    "models.layer_decay": (0.0, 1.0, False, True),
+    "models.weight_decay": (0.0, None, True, True),
+    "models.warmup_epochs": (0.0, None, True, True),
+    "models.label_smoothing": (0.0, 1.0, True, False),
+    "models.mixup": (0.0, None, True, True),
+    "models.cutmix": (0.0, None, True, True),
+    "models.ema_decay": (0.0, 1.0, False, False),
+    "models.grad_clip": (0.0, None, True, True),
+    "models.accum_steps": (1, None, True, True),
+    "models.patience": (0, None, True, True),
+    "models.drop_rate": (0.0, 1.0, True, False),
+    "models.head_c": (0.0, None, False, True),
+    "models.seeds": (0, 2**31 - 1, True, True),
+    "predict.batch_size": (1, None, True, True),
+    "blend.bootstrap": (0, None, True, True),
+    "runtime.num_workers": (-1, None, True, True),
+    "runtime.workers": (0, None, True, True),
+    "runtime.threads": (0, None, True, True),
+    "runtime.claim_timeout": (0.0, None, False, True),
+}
+# names that become folder and file names: letters, digits, and . _ - inside, never a separator or ".."
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+NAME_KEYS = ("competition.name", "submit.name", "models.name")
+
+
+def _check_range(value: Any, key: str, rule_key: str) -> None:
+    rule = RANGES.get(rule_key)
+    if rule is None or value is None:
+        return
+    lo, hi, lo_in, hi_in = rule
+    for v in value if isinstance(value, list) else [value]:
+        bad = (lo is not None and (v < lo if lo_in else v <= lo)) or (hi is not None and (v > hi if hi_in else v >= hi))
+        if bad:
+            left, right = ("[" if lo_in else "(") + str(lo), str(hi) + ("]" if hi_in else ")")
+            want = f"in {left}, {right}" if hi is not None else (f">= {lo}" if lo_in else f"> {lo}")
+            raise ConfigError(f"config key '{key}': {v!r} is out of range; expected a value {want}")
+
+
+def _check_name(value: Any, key: str, rule_key: str) -> None:
+    if rule_key in NAME_KEYS and not (isinstance(value, str) and SAFE_NAME.fullmatch(value) and ".." not in value):
+        raise ConfigError(f"config key '{key}': {value!r} is not a safe name (it becomes a folder and file name): use "
+                          f"letters, digits and . _ - only, starting with a letter or digit, no '..'")  # fmt: skip
+
+
 def resolve_path(p: str | Path) -> Path:
     p = Path(p).expanduser()
     return p if p.is_absolute() else REPO / p
@@ -250,11 +305,17 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
         choices = CHOICES.get(key)
         if choices is not None and kwargs[name] not in choices:
             raise ConfigError(f"config key '{key}': {kwargs[name]!r} is not one of {sorted(map(str, choices))}")
+        rule_key = f"models.{name}" if cls is ModelSpec else key
+        _check_range(kwargs[name], key, rule_key)
+        _check_name(kwargs[name], key, rule_key)
     return cls(**kwargs)
 
 
-def _parse_value(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
+def _parse_value(text: str, key: str = "") -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({str(err).splitlines()[0]})") from None
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -279,9 +340,9 @@ def apply_override(raw: dict, assignment: str) -> None:
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
             raise ConfigError(f"--set {key}: '{last}' is not an index of the list")
-        node[int(last)] = _parse_value(text)
+        node[int(last)] = _parse_value(text, key)
     else:
-        node[last] = _parse_value(text)
+        node[last] = _parse_value(text, key)
 
 
 def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[ModelSpec]:

@@ -7,22 +7,25 @@ row of a pixel CSV). CSVs are read as text so ids and labels are written back ex
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import math
 import os
 import random
+import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .config import Config
-from .store import atomic_write, atomic_write_json, stable_hash
+from .store import atomic_write, atomic_write_json, require_space, stable_hash
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -36,12 +39,15 @@ class Competition:
     name: str
     train: pd.DataFrame  # columns: id, target (text as in the CSV), y (int class index), group (optional)
     test_ids: pd.Series  # text, in sample_submission.csv order
-    classes: list[str]  # y -> original target text
+    classes: list[str]  # y -> the target as the competition spells it (its most common spelling)
     train_sources: list  # per train row: a file path, or an index into train_pixels
     test_sources: list
     sample: pd.DataFrame  # sample_submission.csv as text
     train_pixels: np.ndarray | None = None  # (n, H, W) uint8, pixels layout only
     test_pixels: np.ndarray | None = None
+    labels: Labels | None = None  # how targets are spelled: lookup() maps any spelling to its class index
+    submit_format: str = "label"  # label | probability | class_probs, resolved from the config and the sample
+    notes: list[str] = field(default_factory=list)  # what was normalised on the way (shown once by the CLI)
 
     @property
     def n_classes(self) -> int:
@@ -66,33 +72,77 @@ def require_columns(df: pd.DataFrame, cols: list[str], path: Path) -> None:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)} (set them in the config)")
 
 
-def class_order(values: pd.Series) -> list[str]:
-    uniq = sorted(set(values))
+# the strings pandas reads as missing (its default na_values): a label spelled so is a missing label
+MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
+           "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}  # fmt: skip
+
+
+def _number(v: str) -> float | None:
     try:
-        return sorted(uniq, key=lambda v: float(v))
+        x = float(v)
     except ValueError:
-        return uniq
+        return None
+    return x if math.isfinite(x) else None
 
 
-def _index_dir(folder: Path) -> dict[str, str]:
-    """Map both 'name.ext' and 'name' to the file name of every image in folder (one listing, not one stat per id)."""
+class Labels:
+    """How a competition spells its classes. Labels are compared stripped of surrounding white space, and as numbers
+    when every label is a number ("1" and "1.0" are one class); each class is written back with its most common
+    spelling. Classes are ordered numerically when numeric, else alphabetically."""
+
+    def __init__(self, values: pd.Series):
+        stripped = values.str.strip()
+        self.numeric = all(_number(v) is not None for v in stripped)
+        keys = [self.key(v) for v in stripped]
+        spellings: dict = {}
+        for k, v in zip(keys, stripped):
+            spellings.setdefault(k, {}).setdefault(v, 0)
+            spellings[k][v] += 1
+        self.order = sorted(spellings)
+        self.classes = [max(spellings[k].items(), key=lambda kv: kv[1])[0] for k in self.order]
+        self.index = {k: i for i, k in enumerate(self.order)}
+        self.variants = {self.classes[self.index[k]]: sorted(v) for k, v in spellings.items() if len(v) > 1}
+        self.n_stripped = int((stripped != values).sum())
+
+    def key(self, value: str):
+        v = str(value).strip()
+        return _number(v) if self.numeric and _number(v) is not None else v
+
+    def lookup(self, value: str) -> int | None:
+        """The class index of a label spelled any way the competition spells it, or None."""
+        return self.index.get(self.key(value))
+
+
+def missing_labels(values: pd.Series) -> pd.Series:
+    return values.str.strip().isin(MISSING)
+
+
+def _index_dir(folder: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Map both 'name.ext' and 'name' to the file name of every image in folder (one listing, not one stat per id);
+    and the names without extension that several files share ('s1' for s1.png and s1.jpg)."""
     if not folder.is_dir():
         raise DataError(f"image folder not found: {folder}")
     index: dict[str, str] = {}
+    stems: dict[str, list[str]] = {}
     for entry in os.scandir(folder):
         if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTS):
             index[entry.name] = entry.name
-            index.setdefault(os.path.splitext(entry.name)[0], entry.name)
-    return index
+            stems.setdefault(os.path.splitext(entry.name)[0], []).append(entry.name)
+    for stem, names in stems.items():
+        index.setdefault(stem, names[0])
+    return index, {k: sorted(v) for k, v in stems.items() if len(v) > 1}
 
 
 def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> list[str]:
-    index = _index_dir(folder)
-    paths, missing = [], []
+    index, ambiguous = _index_dir(folder)
+    paths, missing, unclear = [], [], []
     for i in ids:
-        name = index.get(i + ext) if ext and not i.lower().endswith(ext.lower()) else index.get(i)
+        key = i + ext if ext and not i.lower().endswith(IMAGE_EXTS) else i
+        name = index.get(key)
         if name is None:
             missing.append(i)
+        elif not ext and key not in (name,) and key in ambiguous:
+            unclear.append(f"{i} ({', '.join(ambiguous[key])})")
         else:
             paths.append(str(folder / name))
     if missing:
@@ -100,10 +150,15 @@ def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> 
             f"{len(missing)} {what} id(s) have no image in {folder} (ids with or without extension are accepted), "
             f"first: {missing[:5]}"
         )
+    if unclear:
+        raise DataError(f"{len(unclear)} {what} id(s) match several files in {folder}, first: {unclear[:5]}; keep one "
+                        f"file per id, or set competition.image_ext (e.g. .png) to say which")  # fmt: skip
     return paths
 
 
-def _pixel_array(df: pd.DataFrame, path: Path, size: list[int] | None) -> np.ndarray:
+def _pixel_array(df: pd.DataFrame, path: Path, size: list[int] | None, fractions: bool | None = None):
+    """(n, h, w) uint8 from pixel columns, and whether they were fractions (0..1, scaled by 255). The test CSV is
+    read with the train CSV's decision, so both are scaled alike."""
     n_pix = df.shape[1]
     if size:
         h, w = size
@@ -111,13 +166,21 @@ def _pixel_array(df: pd.DataFrame, path: Path, size: list[int] | None) -> np.nda
         h = w = int(round(math.sqrt(n_pix)))
     if h * w != n_pix:
         raise DataError(f"{path}: {n_pix} pixel columns do not make a {h}x{w} image; set competition.pixels_image_size")
-    try:
-        values = df.to_numpy(dtype=np.float32)
-    except ValueError as err:
-        raise DataError(f"{path}: pixel columns must be numbers ({err})") from None
+    values = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+    bad = np.isnan(values)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise DataError(f"{path}: {int(bad.sum())} pixel cell(s) are empty or not numbers, first at data row {r + 1}, "
+                        f"column {df.columns[c]!r} (value {df.iat[r, c]!r})")  # fmt: skip
     if values.min() < 0 or values.max() > 255:
-        raise DataError(f"{path}: pixel values must lie in 0..255, found {values.min()}..{values.max()}")
-    return values.astype(np.uint8).reshape(-1, h, w)
+        raise DataError(f"{path}: pixel values must lie in 0..255 (or 0..1), found {values.min()}..{values.max()}")
+    if fractions is None:
+        fractions = bool(values.max() <= 1.0)  # intensities given as 0..1: scaled by 255, not truncated to 0 and 1
+    elif fractions and values.max() > 1.0:
+        raise DataError(f"{path}: pixel values up to {values.max()}, but the train CSV's lie in 0..1; use one scale")
+    if fractions:
+        values = values * 255.0
+    return np.rint(values).astype(np.uint8).reshape(-1, h, w), fractions
 
 
 def load_competition(cfg: Config) -> Competition:
@@ -127,14 +190,19 @@ def load_competition(cfg: Config) -> Competition:
         from .embedded import build_embedded
 
         build_embedded(c.embedded, root)
-    sample = read_csv(root / c.sample_submission, "sample submission")
+    sample_path = root / c.sample_submission
+    sample = read_csv(sample_path, "sample submission")
     if sample.shape[1] < 2:
-        raise DataError(f"{root / c.sample_submission}: expected an id column and at least one target column")
+        raise DataError(f"{sample_path}: expected an id column and at least one target column")
+    if len(sample) == 0:
+        raise DataError(f"{sample_path} lists no test ids: there is nothing to predict (a header-only submission "
+                        f"would be published)")  # fmt: skip
     test_ids = sample.iloc[:, 0]
     dup = test_ids[test_ids.duplicated()]
     if len(dup):
-        raise DataError(f"{root / c.sample_submission}: duplicated ids, first: {list(dup[:5])}")
+        raise DataError(f"{sample_path}: duplicated ids, first: {list(dup[:5])}")
     train_pixels = test_pixels = None
+    notes: list[str] = []
 
     if c.layout == "csv":
         path = root / c.train_csv
@@ -164,10 +232,12 @@ def load_competition(cfg: Config) -> Competition:
         df = read_csv(path, "train CSV")
         require_columns(df, [c.target_col], path)
         train = pd.DataFrame({"id": [str(i) for i in range(len(df))], "target": df[c.target_col]})
-        train_pixels = _pixel_array(df.drop(columns=[c.target_col]), path, c.pixels_image_size)
+        train_pixels, fractions = _pixel_array(df.drop(columns=[c.target_col]), path, c.pixels_image_size)
+        if fractions:
+            notes.append(f"{path}: pixel values lie in 0..1; scaled by 255 (train and test alike)")
         tpath = root / c.test_csv
         tdf = read_csv(tpath, "test CSV")
-        test_pixels = _pixel_array(tdf, tpath, c.pixels_image_size or list(train_pixels.shape[1:]))
+        test_pixels, _ = _pixel_array(tdf, tpath, c.pixels_image_size or list(train_pixels.shape[1:]), fractions)
         if len(tdf) != len(test_ids):
             raise DataError(f"{tpath} has {len(tdf)} rows but {root / c.sample_submission} lists {len(test_ids)} ids")
         train_sources = list(range(len(train)))
@@ -175,36 +245,97 @@ def load_competition(cfg: Config) -> Competition:
 
     if train["id"].duplicated().any():
         raise DataError(f"train ids must be unique, repeated: {list(train['id'][train['id'].duplicated()][:5])}")
-    empty = train["target"] == ""
+    empty = missing_labels(train["target"])
     if empty.any():
-        raise DataError(f"train rows without a target, first ids: {list(train['id'][empty][:5])}")
-    classes = class_order(train["target"])
+        raise DataError(f"{int(empty.sum())} train row(s) without a target (empty, or a word pandas reads as missing "
+                        f"such as NaN or NA), first ids: {list(train['id'][empty][:5])}")  # fmt: skip
+    if c.group_col:
+        no_group = train["group"].str.strip() == ""
+        if no_group.any():
+            raise DataError(f"{int(no_group.sum())} train row(s) have an empty '{c.group_col}' (the group column); "
+                            f"they would all form one group. First ids: {list(train['id'][no_group][:5])}")  # fmt: skip
+    labels = Labels(train["target"])
+    classes = labels.classes
+    if labels.n_stripped:
+        notes.append(f"{labels.n_stripped} train target(s) had white space around them; compared without it")
+    for spelled, variants in labels.variants.items():
+        notes.append(f"train targets {variants} are one class, written back as {spelled!r}")
     if len(classes) < 2:
         raise DataError(f"the training targets hold {len(classes)} class(es); at least 2 are needed")
     if c.task == "binary" and len(classes) != 2:
         raise DataError(f"competition.task is binary but the targets hold {len(classes)} classes: {classes[:10]}")
-    train["y"] = train["target"].map({v: i for i, v in enumerate(classes)}).astype(int)
+    train["y"] = [labels.lookup(v) for v in train["target"]]
+    from .submission import resolve_format
+
+    fmt, fmt_notes = resolve_format(sample, labels, c.task, c.submit_format, c.metric, sample_path)
     return Competition(
         c.name, train.reset_index(drop=True), test_ids.reset_index(drop=True), classes, train_sources, test_sources,
-        sample, train_pixels, test_pixels,
+        sample, train_pixels, test_pixels, labels, fmt, notes + fmt_notes,
     )  # fmt: skip
 
 
-def read_image(path: str) -> np.ndarray:
-    """Decode any image file to HxWx3 uint8 RGB (grayscale, RGBA, palette and 16-bit converted)."""
+def _to_uint8(arr: np.ndarray, path) -> np.ndarray:
+    """16/32-bit integer images: scaled by the image's own maximum. Float images: values in 0..1 scaled by 255,
+    any other range stretched from the image's minimum to its maximum. NaN pixels are refused."""
+    arr = np.asarray(arr, dtype=np.float32)
+    if np.isnan(arr).any():
+        raise DataError(f"image {path} has NaN pixels")
+    if arr.dtype.kind == "f" and arr.min() >= 0 and arr.max() <= 1.0:
+        arr = arr * 255.0
+    elif arr.min() < 0 or arr.max() > 255:
+        lo = min(float(arr.min()), 0.0)
+        arr = (arr - lo) / max(float(arr.max()) - lo, 1e-12) * 255.0
+    return np.rint(arr).astype(np.uint8)
+
+
+MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
+
+
+def _open(path) -> Image.Image:
+    """Open an image (a path or bytes), refusing what would exhaust memory; raises DataError naming it."""
     try:
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im, dtype=np.float32)
-                arr = arr / max(arr.max(), 1) * 255
-                return np.repeat(arr.astype(np.uint8)[..., None], 3, axis=2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"{err} (a decompression bomb, or a huge image: resize it)") from None
+    if im.width * im.height > MAX_PIXELS or im.width < 1 or im.height < 1:
+        raise DataError(f"{im.width}x{im.height} pixels: expected 1 to {MAX_PIXELS} pixels (resize it)")
+    return im
+
+
+def read_image(path: str) -> np.ndarray:
+    """Decode any image file to HxWx3 uint8 RGB: EXIF orientation applied; grayscale, RGBA (composited on white),
+    palette, 16-bit and float images converted (see _to_uint8). The one decode path of the pipeline."""
+    try:
+        with _open(path) as im:
+            im = ImageOps.exif_transpose(im)  # a camera JPEG with orientation 6 is stored sideways
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                arr = _to_uint8(np.asarray(im), path)
+                return np.repeat(arr[..., None], 3, axis=2)
             if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA")
                 bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(bg, im)
             return np.asarray(im.convert("RGB"))
-    except (OSError, ValueError) as err:
+    except DataError as err:
+        raise DataError(f"image {path}: {err}".replace(f"image {path}: image {path}", f"image {path}")) from None
+    except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"image {path} could not be decoded: {err}") from None
+
+
+def check_image(data: bytes, path) -> str | None:
+    """Why these bytes are not a usable image (None when they are): empty, not an image, truncated, too large."""
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        with _open(data) as im:
+            im.verify()  # structure and checksums (PNG), without a full decode
+    except DataError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
+        return f"not a readable image ({type(err).__name__}: {err})"
+    return None
 
 
 PIL_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
@@ -221,21 +352,36 @@ def _load_resized(source, pixels: np.ndarray | None, size: int, interp: str) -> 
 
 
 def fingerprint(comp: Competition, split: str, stat_cache: Path) -> str:
-    """Content hash of a split's pixels; file hashes are reused while a file's size and mtime are unchanged."""
+    """Content hash of a split's pixels. A file is read and hashed again whenever its size, modification time,
+    change time (ctime) or inode differ from when it was last hashed: every write to a file moves its ctime, and
+    no tool sets ctime back, so an image edited in place with its size and mtime restored is still caught. A file
+    read for hashing is also checked to be a usable image; every bad file is named at once, before any work."""
     pixels = comp.train_pixels if split == "train" else comp.test_pixels
     if pixels is not None:
         return stable_hash([list(pixels.shape), _bytes_hash(np.ascontiguousarray(pixels).tobytes())])
     cache = json.loads(stat_cache.read_text()) if stat_cache.is_file() else {}
-    hashes, changed = [], False
+    hashes, changed, bad = [], False, []
     for path in comp.sources(split):
         st = os.stat(path)
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         rec = cache.get(path)
-        if not rec or rec[0] != st.st_size or rec[1] != st.st_mtime_ns:
-            rec = [st.st_size, st.st_mtime_ns, _bytes_hash(Path(path).read_bytes())]
+        if not rec or rec[:-1] != stamp:
+            data = Path(path).read_bytes()
+            problem = check_image(data, path)
+            if problem:
+                bad.append(f"{path}: {problem}")
+                continue
+            rec = [*stamp, _bytes_hash(data)]
             cache[path], changed = rec, True
-        hashes.append(rec[2])
+        hashes.append(rec[-1])
     if changed:  # rewritten only when a file was (re)hashed: `status` and skipped runs write nothing
-        atomic_write_json(stat_cache, cache)
+        try:
+            atomic_write_json(stat_cache, cache)
+        except OSError:
+            pass  # only a cache (a read-only work dir is refused, by name, before any work)
+    if bad:
+        raise DataError(f"{len(bad)} {split} image(s) cannot be used:\n  " + "\n  ".join(bad[:20])
+                        + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))  # fmt: skip
     return stable_hash(hashes)
 
 
@@ -248,13 +394,35 @@ def build_image_cache(comp: Competition, split: str, size: int, interp: str, out
     sources = comp.sources(split)
     pixels = comp.train_pixels if split == "train" else comp.test_pixels
 
+    require_space(out.parent, len(sources) * size * size * 3, f"the {split} image cache")
+
     def write(tmp: Path) -> None:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(sources), size, size, 3))
+        with open(tmp, "r+b") as f:  # reserve the blocks now: a full disk is ENOSPC here, not SIGBUS mid-write
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+
+        def load(source):
+            try:
+                return _load_resized(source, pixels, size, interp), None
+            except DataError as err:
+                return None, str(err)
+
+        bad = []
         with ThreadPoolExecutor(max(1, workers)) as pool:
-            for i, img in enumerate(pool.map(lambda s: _load_resized(s, pixels, size, interp), sources)):
-                arr[i] = img
+            for i, (img, problem) in enumerate(pool.map(load, sources)):
+                if problem:
+                    bad.append(problem)
+                else:
+                    arr[i] = img
         arr.flush()
         del arr
+        if bad:  # every image that fails to decode is named, not only the first
+            raise DataError(f"{len(bad)} {split} image(s) could not be decoded:\n  " + "\n  ".join(bad[:20])
+                            + (f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""))  # fmt: skip
 
     atomic_write(out, write)
 

@@ -39,3 +39,12 @@ def loss_of(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
     """The metric as a quantity to minimise (for optimisers)."""
     s = score(metric, y, probs)
     return -s if GREATER_IS_BETTER[metric] else s
+
+
+def selection_metric(metric: str, y: np.ndarray, n_classes: int) -> str:
+    """The metric that can choose a fold's best epoch: the competition's, or log loss where that is not defined on
+    the fold's held-out rows (auc when a class has no example there: every epoch would score NaN, and the first
+    epoch's weights would be kept)."""
+    if metric == "auc" and len(np.unique(y)) < n_classes:
+        return "logloss"
+    return metric

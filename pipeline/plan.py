@@ -48,6 +48,22 @@ class Plan:
         self.deps[unit.key] = [k for k in unit.inputs.values() if k in self.by_key]
         return unit
 
+    def replace(self, old: Unit, new: Unit) -> Unit:
+        """Put `new` in the place of `old`, a unit nothing reads (a report rebuilt on what is done)."""
+        if any(old.key in deps for deps in self.deps.values()):
+            raise ValueError(f"plan: {old.label} is read by other units; it cannot be replaced")
+        self.units[self.units.index(old)] = new
+        del self.by_key[old.key], self.deps[old.key]
+        self.by_key[new.key] = new
+        self.deps[new.key] = [k for k in new.inputs.values() if k in self.by_key]
+        return new
+
+    def state(self, unit: Unit) -> tuple[str, str]:
+        """(done | partial | stale | missing, why), as `./run.sh status` says it."""
+        from .stages import STAGES
+
+        return self.store.status(unit, STAGES[unit.stage].PARTIAL)
+
     def all(self, stage: str, **meta) -> list[Unit]:
         """The units of a stage whose meta has these values, in plan order."""
         return [u for u in self.units if u.stage == stage and all(u.meta.get(k) == v for k, v in meta.items())]
@@ -71,6 +87,7 @@ class Plan:
         from .stages import STAGES
 
         require_done(self.store, unit)
+        self.store.verify(unit)
         return STAGES[unit.stage].load(self, unit)
 
     def load_input(self, unit: Unit, name: str):

@@ -95,7 +95,9 @@ def resolve_workers(num_workers: int, device: torch.device) -> int:
 
 
 def make_loader(dataset, batch_size: int, num_workers: int, device: torch.device, sampler=None, shuffle=False):
+    """A training loader (with a sampler) drops a last batch of one sample: BatchNorm cannot train on it."""
     num_workers = resolve_workers(num_workers, device)
+    drop_last = sampler is not None and len(sampler) % batch_size == 1
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -105,7 +107,7 @@ def make_loader(dataset, batch_size: int, num_workers: int, device: torch.device
         pin_memory=device.type == "cuda",
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
-        drop_last=False,
+        drop_last=drop_last,
         # its own generator: starting an iterator (e.g. after a resume) must not draw from the global torch RNG,
         # which the training loop reseeds per epoch for dropout and mixup
         generator=torch.Generator().manual_seed(0),

@@ -14,7 +14,7 @@ import time
 from . import claims
 from .executor import UnitFailed, format_scores, log, make_executor, stderr
 from .plan import MissingInput, Plan
-from .store import DONE, Unit
+from .store import DONE, Unit, remove_stale_tmp, tmp_name
 
 POLL_S = 0.5
 MAX_DEATHS = 3  # a unit whose worker died this many times fails the run
@@ -177,10 +177,54 @@ def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deat
         stderr(f"[{u.stage}] failed {u.name}: {res.get('message')}{where}")
 
 
-def run_stages(plan: Plan, stages: list[str], force: bool = False, executor=None, **options) -> None:
-    """What the CLI runs: the named stages' units (and the image caches they need), then each stage's `after`."""
+def prepare_outputs(plan: Plan) -> None:
+    """Before any work: every folder the run writes exists (parents too) and is writable, and temporary files that
+    killed processes of this host left there are removed."""
+    from .config import resolve_path
+
+    rt = plan.cfg.runtime
+    folders = {"runtime.work_dir": plan.store.root, "runtime.folds_dir": resolve_path(rt.folds_dir),
+               "runtime.submissions_dir": resolve_path(rt.submissions_dir)}  # fmt: skip
+    for key, folder in folders.items():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / tmp_name("write-probe")
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise RuntimeError(f"cannot write to {folder} ({key}): {err.strerror or err}; choose a writable "
+                               f"folder with --set {key}=PATH") from None  # fmt: skip
+    removed = remove_stale_tmp(list(folders.values()), claims.pid_alive)
+    if removed:
+        log("run", f"removed {removed} temporary file(s) left by killed processes")
+
+
+def narrow_to_done(plan: Plan, stages: list[str]) -> bool:
+    """A stage with `narrow` (the report) takes what is done: each of its units that reads inputs neither done nor
+    made by this run is replaced by `narrow(plan, unit, missing)`, the unit of what is done (its own key). Workers'
+    plans lack such a unit, so the caller runs it in this process. Returns whether any unit was replaced."""
     from .stages import STAGES
 
+    others = [s for s in stages if getattr(STAGES[s], "narrow", None) is None]
+    coming = {u.key for u in targets_for(plan, others)} if others else set()
+    replaced = False
+    for unit in [u for u in plan.units if u.stage in stages and getattr(STAGES[u.stage], "narrow", None)]:
+        missing = [plan.by_key[k] for k in plan.deps[unit.key]
+                   if k not in coming and not plan.store.is_done(plan.by_key[k])]  # fmt: skip
+        if missing:
+            plan.replace(unit, STAGES[unit.stage].narrow(plan, unit, missing))
+            replaced = True
+    return replaced
+
+
+def run_stages(plan: Plan, stages: list[str], force: bool = False, executor=None, **options) -> None:
+    """What the CLI runs: the named stages' units (and the image caches they need), then each stage's `after`."""
+    from .executor import LocalExecutor
+    from .stages import STAGES
+
+    if narrow_to_done(plan, stages) and executor is None:
+        executor = LocalExecutor(plan)
+    prepare_outputs(plan)
     targets = targets_for(plan, stages)
     forced = [u for u in targets if force and u.stage in stages] if force else []
     run_units(plan, targets, forced, executor)
@@ -196,7 +240,7 @@ def status(plan: Plan) -> int:
     counts: dict[str, int] = {}
     for unit in plan.units:
         owner = claims.live_owner(plan.store.dir(unit), plan.cfg.runtime.claim_timeout)
-        if owner and not plan.store.is_done(unit):
+        if owner and plan.store._read_marker(unit) is None:
             state, reason = "running", f"({owner.get('host')}, pid {owner.get('pid')})"
         else:
             state, reason = plan.store.status(unit, STAGES[unit.stage].PARTIAL)

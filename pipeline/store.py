@@ -8,9 +8,12 @@ inputs, version, timings, scores) is written last. No marker means not done, wha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import time
 import uuid
@@ -46,18 +49,66 @@ def tmp_name(name: str) -> str:
     return f".{name}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
+class DiskFull(OSError):
+    """No space left where the pipeline writes; the message says where and how much."""
+
+
+def require_space(folder: Path, nbytes: int, what: str) -> None:
+    """Refuse before writing nbytes into folder when the filesystem lacks them (a full disk under a memory map
+    kills the process with SIGBUS, no message)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < nbytes + (16 << 20):
+        raise DiskFull(f"disk full: {(nbytes >> 20) + 16} MB needed at {folder} for {what}, {free >> 20} MB free; "
+                       f"free space there (or set runtime.work_dir elsewhere) and run again")  # fmt: skip
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_path) then rename tmp_path to path, so a reader never sees a half-written file."""
+    """Call write(tmp_path) then rename tmp_path to path, so a reader never sees a half-written file. The temporary
+    file of a failed write is removed; a write that failed for want of space says so."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(tmp_name(path.name))
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        tmp.unlink(missing_ok=True)
+        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or shutil.disk_usage(path.parent).free < 1 << 20:
+            raise DiskFull(f"disk full while writing {path}: free space on that filesystem and run the same "
+                           f"command again (finished units are kept)") from err  # fmt: skip
+        raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     return path
+
+
+_TMP = re.compile(r"\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def remove_stale_tmp(folders: list[Path], is_alive: Callable[[int], bool]) -> int:
+    """Remove the temporary files that processes of this host left when they were killed mid-write."""
+    removed = 0
+    for folder in folders:
+        for dirpath, _, files in os.walk(folder):
+            for name in files:
+                m = _TMP.match(name)
+                if m and m["host"] == HOST and not is_alive(int(m["pid"])):
+                    Path(dirpath, name).unlink(missing_ok=True)
+                    removed += 1
+    return removed
+
+
+def file_digest(path: Path) -> dict:
+    """A cheap fingerprint of a written file: its size and the sha256 of its first and last MiB."""
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            h.update(f.read())
+    return {"size": size, "sha256_ends": h.hexdigest()[:16]}
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -121,16 +172,54 @@ def diff_reason(old: dict, unit: Unit) -> str:
     return "key changed"
 
 
+class BrokenOutput(RuntimeError):
+    """A done unit's output changed after it was marked done (truncated, overwritten): it is never read."""
+
+
 class Store:
     def __init__(self, root: Path):
         self.root = Path(root)
 
     def dir(self, unit: Unit) -> Path:
-        return self.root / unit.stage / unit.name / unit.key
+        d = self.root / unit.stage / unit.name / unit.key
+        if not d.resolve().is_relative_to(self.root.resolve()):  # names are checked by the config; this is the floor
+            raise ValueError(f"unit {unit.label} would write outside the work dir {self.root}")
+        return d
+
+    def _read_marker(self, unit: Unit) -> dict | None:
+        try:
+            m = json.loads((self.dir(unit) / DONE).read_text())
+        except (OSError, ValueError):
+            return None
+        return m if m.get("key") == unit.key else None
+
+    def broken(self, unit: Unit, marker: dict | None = None, checksums: bool = False) -> str | None:
+        """Why a done unit's outputs no longer are what its marker recorded (None when they are): a missing file,
+        another size, or (checksums) other first and last bytes."""
+        marker = marker or self._read_marker(unit)
+        for name, want in (marker or {}).get("files", {}).items():
+            path = self.dir(unit) / name
+            if not path.is_file():
+                return f"{name} is missing"
+            size = path.stat().st_size
+            if size != want["size"]:
+                return f"{name} has {size} bytes, {want['size']} when it was done"
+            if checksums and file_digest(path) != want:
+                return f"{name} changed after it was done (checksum)"
+        return None
 
     def is_done(self, unit: Unit) -> bool:
-        marker = self.dir(unit) / DONE
-        return marker.is_file() and json.loads(marker.read_text()).get("key") == unit.key
+        """A marker with this key, and every output it records present at its recorded size."""
+        marker = self._read_marker(unit)
+        return marker is not None and self.broken(unit, marker) is None
+
+    def verify(self, unit: Unit) -> None:
+        """Before a unit's outputs are read: refuse a broken one, and drop its marker so that it is redone."""
+        reason = self.broken(unit, checksums=True)
+        if reason:
+            (self.dir(unit) / DONE).unlink(missing_ok=True)
+            raise BrokenOutput(f"{unit.label}: {reason}; it is no longer counted as done: run the same command again "
+                               f"to redo it")  # fmt: skip
 
     def marker(self, unit: Unit) -> dict:
         marker = self.dir(unit) / DONE
@@ -160,6 +249,7 @@ class Store:
             "inputs": unit.inputs,
             "version": unit.version,
             "outputs": outputs,
+            "files": {o: file_digest(d / o) for o in outputs},  # size and checksum: a later change is caught
             "scores": scores or {},
             "seconds": round(time.time() - started, 3),
             "started_at": round(started, 3),  # epoch seconds: when the unit started and ended (for timelines)
@@ -172,9 +262,11 @@ class Store:
         return marker
 
     def status(self, unit: Unit, partial_file: str | None = None) -> tuple[str, str]:
-        """Return (state, reason): done | partial | stale | missing."""
-        if self.is_done(unit):
-            return "done", ""
+        """Return (state, reason): done | broken | partial | stale | missing."""
+        marker = self._read_marker(unit)
+        if marker is not None:
+            reason = self.broken(unit, marker, checksums=True)
+            return ("broken", f"{reason}; it will be redone") if reason else ("done", "")
         if partial_file and (self.dir(unit) / partial_file).exists():
             return "partial", "resumable"
         siblings = sorted(

@@ -10,21 +10,66 @@ class SubmissionError(ValueError):
     pass
 
 
-def infer_format(sample: pd.DataFrame, classes: list[str], task: str, configured: str) -> str:
-    if configured != "auto":
-        return configured
-    cols = list(sample.columns[1:])
-    if len(cols) > 1:
-        return "class_probs"
-    if task == "binary":
-        values = sample.iloc[:, 1]
-        looks_prob = values.str.contains(r"\.", regex=True).any() or not values.isin(classes).all()
-        return "probability" if looks_prob else "label"
-    return "label"
+RANKING = {"auc", "logloss"}  # metrics that score probabilities: hard labels would throw their information away
 
 
-def make_submission(sample: pd.DataFrame, classes: list[str], probs: np.ndarray, fmt: str) -> pd.DataFrame:
+def resolve_format(sample: pd.DataFrame, labels, task: str, configured: str, metric: str, path) -> tuple[str, list]:
+    """The submission format (label | probability | class_probs) from the config and the sample, checked against
+    the sample's columns when the competition is loaded, before any work. Returns (format, notes)."""
+    from .data import DataError
+
+    cols, notes = list(sample.columns[1:]), []
+    fmt = configured
+    if fmt == "auto":
+        if len(cols) > 1 and any(labels.lookup(c) is not None for c in cols):
+            fmt = "class_probs"  # one column per class (some may be misspelled: checked below)
+        elif task == "binary":
+            values = sample.iloc[:, 1]
+            looks_label = (
+                values.map(lambda v: labels.lookup(v) is not None).all()
+                and not values.str.contains(r"\.", regex=True).any()
+            )
+            if metric in RANKING:
+                fmt = "probability"
+                if looks_label:
+                    notes.append(f"{path}: its values look like labels, but metric {metric} scores probabilities: "
+                                 f"writing the positive class's probability (competition.submit_format: label "
+                                 f"writes labels)")  # fmt: skip
+            else:
+                fmt = "label" if looks_label else "probability"
+        else:
+            fmt = "label"  # the first target column; more columns are refused below
+    if fmt in ("label", "probability") and len(cols) != 1:
+        raise DataError(f"{path}: columns {list(sample.columns)}; a {fmt} submission has the id and one target "
+                        f"column, and {cols[1:]} would not be filled (drop them from the sample, or use "
+                        f"submit_format: class_probs if they are classes)")  # fmt: skip
+    if fmt == "probability" and len(labels.classes) != 2:
+        raise DataError(f"submit format 'probability' needs a binary task; the targets hold {len(labels.classes)} "
+                        f"classes")  # fmt: skip
+    if fmt == "class_probs":
+        found = [labels.lookup(c) for c in cols]
+        unknown = [c for c, i in zip(cols, found) if i is None]
+        absent = [labels.classes[i] for i in range(len(labels.classes)) if i not in found]
+        if unknown or absent or len(set(found)) != len(found):
+            raise DataError(
+                f"{path}: class-probability columns {cols} do not match the training classes {labels.classes} "
+                f"(not classes: {unknown}; classes without a column: {absent})"
+            )
+    return fmt, notes
+
+
+def as_submitted(probs: np.ndarray, fmt: str) -> np.ndarray:
+    """What a submission file holds, as (n, C) scores: one-hot rows for labels, the probabilities otherwise. The scores
+    the pipeline reports (CV, honest CV, held-out) are computed on this, so they describe the file."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if fmt == "label":
+        return np.eye(probs.shape[1])[probs.argmax(1)]
+    return probs / probs.sum(1, keepdims=True)
+
+
+def make_submission(sample: pd.DataFrame, labels, probs: np.ndarray, fmt: str) -> pd.DataFrame:
     """probs: (n_test, n_classes) in sample_submission row order."""
+    classes = labels.classes
     sub = pd.DataFrame({sample.columns[0]: sample.iloc[:, 0].to_numpy()})
     if fmt == "label":
         sub[sample.columns[1]] = np.asarray(classes, dtype=object)[probs.argmax(1)]
@@ -35,13 +80,8 @@ def make_submission(sample: pd.DataFrame, classes: list[str], probs: np.ndarray,
             )
         sub[sample.columns[1]] = probs[:, 1]
     elif fmt == "class_probs":
-        missing = [c for c in sample.columns[1:] if c not in classes]
-        if missing:
-            raise SubmissionError(
-                f"sample_submission columns {missing} are not classes of the training targets {classes}"
-            )
         for col in sample.columns[1:]:
-            sub[col] = probs[:, classes.index(col)] / probs.sum(1)
+            sub[col] = probs[:, labels.lookup(col)] / probs.sum(1)
     else:
         raise SubmissionError(f"unknown submit format {fmt!r}; known: label, probability, class_probs")
     return sub

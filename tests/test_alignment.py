@@ -12,6 +12,7 @@ from pipeline.config import load_config
 from pipeline.models import create_model, preprocessing
 from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done
+from pipeline.store import file_digest
 
 from .conftest import write_config
 
@@ -93,6 +94,9 @@ def test_blend_weights_never_read_test_predictions(tmp):
         noise = rng.random(d["test_probs"].shape)
         d["test_probs"] = (noise / noise.sum(-1, keepdims=True)).astype(np.float32)
         np.savez(path, **d)
+        marker = plan.store.marker(u)  # forge the record too: as if predict had written this noise
+        marker["files"]["preds.npz"] = file_digest(path)
+        (plan.store.dir(u) / "done.json").write_text(json.dumps(marker))
     ensure_done(plan, [], force=[b])
     report2 = json.loads((plan.store.dir(b) / "report.json").read_text())
     assert report2["weights"] == report["weights"] and report2["fold_weights"] == report["fold_weights"]

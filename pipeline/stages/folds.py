@@ -22,12 +22,6 @@ IMPLICIT = False
 
 def assign_folds(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None) -> np.ndarray:
     """(n,) fold index per row; stratified on y, and grouped (no group in two folds) when groups are given."""
-    counts = np.bincount(y)
-    if counts[counts > 0].min() < n_folds:
-        small = {int(c): int(n) for c, n in enumerate(counts) if 0 < n < n_folds}
-        msg = f"class(es) with fewer members than folds ({n_folds}): {small} (class index: count); "
-        warnings.warn(msg + "some folds will have no validation example of them", stacklevel=2)
-        log(NAME, "WARNING " + msg)
     if groups is not None:
         splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         splits = splitter.split(np.zeros(len(y)), y, groups)
@@ -55,7 +49,16 @@ def run(plan, unit: Unit, out: Path) -> dict:
     if groups is not None and len(set(groups)) < cfg.folds.n_folds:
         raise ValueError(f"group column '{cfg.competition.group_col}' has {len(set(groups))} groups, fewer "
                          f"than folds.n_folds={cfg.folds.n_folds}")  # fmt: skip
-    fold = assign_folds(comp.train["y"].to_numpy(), cfg.folds.n_folds, cfg.folds.seed, groups)
+    y = comp.train["y"].to_numpy()
+    fold = assign_folds(y, cfg.folds.n_folds, cfg.folds.seed, groups)
+    for k in range(cfg.folds.n_folds):  # said before any training: what a fold without a class means
+        absent = [comp.classes[c] for c in range(comp.n_classes) if not ((fold == k) & (y == c)).any()]
+        if absent:
+            metric = cfg.competition.metric
+            what = (f"{metric} is undefined on it, so its best epoch is chosen by log loss" if metric == "auc"
+                    else f"its {metric} cannot show how they are predicted")  # fmt: skip
+            log(NAME, f"WARNING fold {k} holds no held-out example of class(es) {absent[:10]} (fewer examples than "
+                      f"folds, or groups): {what}")  # fmt: skip
     table = pd.DataFrame({"id": comp.train["id"], "fold": fold})
     text = table.to_csv(index=False)
     if published.is_file() and published.read_text() != text and unit.key not in plan.forced:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import numpy as np
 import pandas as pd
 
 from ..config import resolve_path
+from ..data import DataError, read_csv
 from ..executor import log
 from ..metrics import score
 from ..store import Unit, atomic_write, atomic_write_json, stable_hash
-from ..submission import infer_format, make_submission, validate_submission
+from ..submission import as_submitted, make_submission, validate_submission
 
 NAME = "submit"
 VERSION = 1
@@ -27,18 +29,22 @@ PACKAGES = ["torch", "timm", "albumentations", "scikit-learn", "numpy", "pandas"
 
 
 def holdout_score(plan, probs: np.ndarray) -> float | None:
+    """The metric on the held-out test labels (when the competition has them), of what the submission holds."""
     c = plan.cfg.competition
     if not c.holdout_labels:
         return None
     path = plan.cfg.root / c.holdout_labels
-    labels = pd.read_csv(path, dtype=str, keep_default_na=False)
+    labels = read_csv(path, "held-out labels")
     by_id = dict(zip(labels.iloc[:, 0], labels.iloc[:, 1]))
     missing = [i for i in plan.comp.test_ids if i not in by_id][:5]
     if missing:
-        raise ValueError(f"{path}: no held-out label for test ids {missing}")
-    index = {v: i for i, v in enumerate(plan.comp.classes)}
-    y = np.array([index[by_id[i]] for i in plan.comp.test_ids])
-    return score(c.metric, y, probs)
+        raise DataError(f"{path}: no held-out label for test ids {missing}")
+    y = [plan.comp.labels.lookup(by_id[i]) for i in plan.comp.test_ids]
+    unknown = [(i, by_id[i]) for i, k in zip(plan.comp.test_ids, y) if k is None]
+    if unknown:
+        raise DataError(f"{path}: {len(unknown)} held-out label(s) are not classes of the training targets "
+                        f"{plan.comp.classes}, first (id, label): {unknown[:5]}")  # fmt: skip
+    return score(c.metric, np.array(y), probs)
 
 
 def units(plan) -> list[Unit]:
@@ -54,14 +60,17 @@ def run(plan, unit: Unit, out: Path) -> dict:
     report = blend["report"]
     if not np.array_equal(blend["test_ids"], comp.test_ids.to_numpy().astype(str)):
         raise ValueError("the blend's test ids differ from sample_submission.csv; rerun `./run.sh blend --force`")
-    fmt = infer_format(comp.sample, comp.classes, c.task, c.submit_format)
-    sub = make_submission(comp.sample, comp.classes, blend["test_probs"], fmt)
+    fmt = comp.submit_format
+    sub = make_submission(comp.sample, comp.labels, blend["test_probs"], fmt)
     validate_submission(sub, comp.sample, fmt, comp.classes)
     atomic_write(out / "submission.csv", lambda p: sub.to_csv(p, index=False))
-    held = holdout_score(plan, blend["test_probs"])
+    # every score reported is the score of what the file holds (hard labels score as one-hot rows)
+    y = comp.train["y"].to_numpy()
+    cv, honest = (score(c.metric, y, as_submitted(blend[k], fmt)) for k in ("oof_probs", "honest_probs"))
+    held = holdout_score(plan, as_submitted(blend["test_probs"], fmt))
     manifest = {
         "competition": c.name, "name": cfg.submit.name, "format": fmt, "metric": c.metric,
-        "cv": report["oof"], "honest_cv": report["honest_cv"], "best_single": report["best_single"],
+        "cv": cv, "honest_cv": honest, "cv_of_probabilities": report["oof"], "best_single": report["best_single"],
         "models": report["models"], "weights": report["weights"], "per_model_cv": report["single"],
         "tta": {m: t["chosen"] for m, t in report["tta"].items()}, "blend_method": report["method"],
         "config_hash": stable_hash(cfg.to_dict()), "config_file": cfg.source, "unit_key": unit.key,
@@ -69,7 +78,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
         "packages": {p: _version(p) for p in PACKAGES}, "created": pd.Timestamp.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     atomic_write_json(out / "manifest.json", manifest)
-    return {"outputs": ["submission.csv", "manifest.json"], "scores": {"cv": report["oof"], "holdout": held}}
+    return {"outputs": ["submission.csv", "manifest.json"], "scores": {"cv": cv, "holdout": held}}
 
 
 def load(plan, unit: Unit) -> dict:
@@ -90,8 +99,8 @@ def after(plan, units: list[Unit], kaggle: str | None = None, **_) -> None:
         dest.parent.mkdir(exist_ok=True)
         atomic_write(dest, lambda p: shutil.copyfile(done["submission"], p))
         atomic_write_json(dest.with_suffix(".json"), {**manifest, "file": dest.name})
-    log(NAME, f"submission: {dest} (CV {c.metric} {manifest['cv']:.4f}, honest "
-              f"{manifest['honest_cv']:.4f})")  # fmt: skip
+    log(NAME, f"submission: {dest} ({manifest['format']}s; CV {c.metric} {manifest['cv']:.4f}, honest "
+              f"{manifest['honest_cv']:.4f}, of the file's contents)")  # fmt: skip
     if manifest["holdout_score"] is not None:
         log(NAME, f"held-out test {c.metric}: {manifest['holdout_score']:.4f} ({len(plan.comp.test_ids)} images)")
     if kaggle:
@@ -106,8 +115,14 @@ def upload(path, competition: str, message: str) -> None:
 
 def list_submissions(folder) -> None:
     rows = []
-    for path in folder.glob("*.json"):
-        m = json.loads(path.read_text())
+    for path in sorted(folder.glob("*.json")):
+        try:
+            m = json.loads(path.read_text())
+            if not {"created", "file", "metric", "cv", "honest_cv", "best_single", "weights"} <= set(m):
+                raise ValueError("not a manifest of this pipeline")
+        except (OSError, ValueError) as err:
+            print(f"warning: skipping {path}: {err}", file=sys.stderr)
+            continue
         rows.append(m)
     if not rows:
         print("no submissions yet: run ./run.sh all")

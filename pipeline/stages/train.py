@@ -23,7 +23,8 @@ from safetensors.torch import load_file, save_file
 from ..augment import train_transform
 from ..config import model_params
 from ..data import ImageDataset
-from ..metrics import better, score
+from ..executor import log
+from ..metrics import better, score, selection_metric
 from ..models import preprocessing, weights_id
 from ..plan import FULL
 from ..runtime import Normalizer, amp_context, derive_seed, make_loader, prepare_model, progress, run_views
@@ -81,7 +82,7 @@ class Session:
     sampler: EpochSampler
     val_loader: torch.utils.data.DataLoader | None  # None for a full-data (refit) unit: nothing held out
     y: np.ndarray  # (n_train,) class index per train row
-    metric: str
+    metric: str  # what chooses the best epoch: the competition's metric, or log loss where it is undefined
     n_classes: int
     amp: bool
     progress: bool
@@ -116,11 +117,15 @@ def setup(plan, unit: Unit) -> Session:
     val_loader = None
     if len(va_rows):
         val_loader = make_loader(ImageDataset(cache, va_rows, y), cfg.predict.batch_size, rt.num_workers, device)
+    metric = selection_metric(cfg.competition.metric, y[va_rows], comp.n_classes)
+    if metric != cfg.competition.metric:
+        log(NAME, f"{unit.name}: {cfg.competition.metric} is undefined on this fold's held-out rows (a class has no "
+                  f"example there); its best epoch is chosen by {metric}")  # fmt: skip
     return Session(
         spec, unit, device, model, norm, torch.optim.AdamW(groups, lr=spec.lr),
         torch.amp.GradScaler("cuda", enabled=use_fp16), ema, head, head | {n for s in backbone_stages for n in s},
         make_loader(ds, spec.batch_size, rt.num_workers, device, sampler=sampler), sampler, val_loader, y,
-        cfg.competition.metric, comp.n_classes, rt.amp, rt.progress,
+        metric, comp.n_classes, rt.amp, rt.progress,
         fwd_model=torch.compile(model) if spec.compile else model,
     )  # fmt: skip
 
@@ -244,9 +249,10 @@ def train_head(plan, unit: Unit, out: Path) -> dict:
         clf.fit((x[tr] - mean) / scale, y[tr])
     probs = np.zeros((va.sum(), comp.n_classes))
     val = None  # a full-data (refit) unit has no held-out rows
+    metric = selection_metric(cfg.competition.metric, y[va], comp.n_classes)
     if va.any():
         probs[:, clf.classes_] = clf.predict_proba((x[va] - mean) / scale)
-        val = score(cfg.competition.metric, y[va], probs)
+        val = score(metric, y[va], probs)
     coef = np.zeros((comp.n_classes, x.shape[1]))
     intercept = np.full(comp.n_classes, -1e4)  # a class absent from this fold's training rows gets no mass
     if comp.n_classes == 2 and clf.coef_.shape[0] == 1:
@@ -257,9 +263,9 @@ def train_head(plan, unit: Unit, out: Path) -> dict:
                {"coef": coef, "intercept": intercept, "mean": mean, "scale": scale}.items()}  # fmt: skip
     atomic_write(out / "head.safetensors", lambda p: save_file(tensors, str(p)))
     atomic_write(
-        out / "metrics.csv", lambda p: pd.DataFrame([{"epoch": 0, cfg.competition.metric: val}]).to_csv(p, index=False)
+        out / "metrics.csv", lambda p: pd.DataFrame([{"epoch": 0, metric: val}]).to_csv(p, index=False)
     )
-    return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {cfg.competition.metric: val}}
+    return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {metric: val}}
 
 
 def run(plan, unit: Unit, out: Path) -> dict:

@@ -1,0 +1,335 @@
+"""Bad input never gives a silently wrong result: each case is built on tiny real files and either refused with an
+error that names the file, id, column or key, or handled correctly (the handled result is checked)."""
+
+import json
+import os
+import re
+import struct
+import subprocess
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import ConfigError, load_config
+from pipeline.data import DataError, read_image
+from pipeline.plan import build_plan
+from pipeline.store import HOST, DiskFull, require_space
+
+from .conftest import run_cli, write_config
+
+TINY = [{"name": "tiny", "backbone": "test_efficientnet", "weights": "none"}]
+
+
+def cfg_path(tmp, layout="csv", **sections):
+    return write_config(tmp, layout, models=TINY, **sections)
+
+
+def plan_of(tmp, *overrides, layout="csv", **sections):
+    return build_plan(load_config(cfg_path(tmp, layout, **sections), list(overrides)))
+
+
+def edit_csv(path, fn):
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    fn(df).to_csv(path, index=False)
+
+
+# ---------------------------------------------------------------- config values and names (refused at load)
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.label_smoothing=1.5", r"models\[0\]\.label_smoothing': 1\.5 is out of range; expected a value in \[0"),
+        ("train.accum_steps=0", r"models\[0\]\.accum_steps': 0 is out of range; expected a value >= 1"),
+        ("train.epochs=0", r"models\[0\]\.epochs': 0 is out of range"),
+        ("train.img_size=0", r"models\[0\]\.img_size': 0 is out of range"),
+        ("folds.n_folds=1", r"'folds\.n_folds': 1 is out of range; expected a value >= 2"),
+        ("train.lr=[1,", r"--set train\.lr=\[1,: the value is not valid YAML"),
+        ("models.tiny.name=../../../../../x", r"models\[0\]\.name': '\.\./\.\./\.\./\.\./\.\./x' is not a safe name"),
+        ("competition.name=../../x", r"'competition\.name': '\.\./\.\./x' is not a safe name"),
+        ("submit.name=a/b", r"'submit\.name': 'a/b' is not a safe name"),
+    ],
+)
+def test_config_values_and_names_are_refused_by_key(tmp, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(cfg_path(tmp), [override])
+
+
+def test_a_malicious_name_writes_nothing_outside_the_project(tmp):
+    before = set(os.listdir("/"))
+    proc = run_cli("all", "--config", str(cfg_path(tmp)), "--set", "models.tiny.name=../../../../../../x", check=False)
+    assert proc.returncode == 2 and "not a safe name" in proc.stderr
+    assert set(os.listdir("/")) == before and not (tmp / "work").exists()
+
+
+# ---------------------------------------------------------------- competition files (refused or fixed at load)
+def test_label_spellings_are_one_class_and_written_back_as_spelled(tmp):
+    cfg = cfg_path(tmp)
+    comp = tmp / "comp-csv"
+    edit_csv(comp / "train.csv", lambda d: d.assign(digit=[{"0": "0", "1": "1.0" if i % 3 == 0 else "1", "2": "2 "}[v]
+                                                           for i, v in enumerate(d["digit"])]))  # fmt: skip
+    plan = build_plan(load_config(cfg))
+    assert plan.comp.classes == ["0", "1", "2"] and plan.comp.n_classes == 3  # not 0, 1, 1.0, 2 and "2 "
+    assert np.bincount(plan.comp.train["y"]).tolist() == [12, 12, 12]
+    notes = " ".join(plan.comp.notes)
+    assert "had white space" in notes and "['1', '1.0'] are one class, written back as '1'" in notes
+    edit_csv(comp / "train.csv", lambda d: d.assign(digit=["NaN" if i == 3 else v for i, v in enumerate(d["digit"])]))
+    with pytest.raises(DataError, match=r"1 train row\(s\) without a target .*NaN.*first ids: \['t"):
+        build_plan(load_config(cfg))
+
+
+def test_an_id_with_two_image_files_is_refused_unless_image_ext_says(tmp):
+    cfg = cfg_path(tmp, "folders")
+    comp = tmp / "comp-folders"
+    edit_csv(comp / "sample_submission.csv", lambda d: d.assign(file=[f.removesuffix(".png") for f in d["file"]]))
+    test_dir = comp / "test"
+    first = sorted(test_dir.iterdir())[0]
+    Image.open(first).convert("RGB").save(first.with_suffix(".jpg"))
+    with pytest.raises(DataError, match=rf"1 test id\(s\) match several files .*{first.stem} \({first.stem}.jpg, "
+                                        rf"{first.name}\).*image_ext"):  # fmt: skip
+        build_plan(load_config(cfg))
+    plan = build_plan(load_config(cfg, ["competition.image_ext=.png"]))
+    assert plan.comp.test_sources[list(plan.comp.test_ids).index(first.stem)].endswith(".png")
+
+
+def test_empty_group_values_are_refused_naming_rows(tmp):
+    make = write_config(tmp, "csv", models=TINY)
+    comp = tmp / "comp-csv"
+    edit_csv(comp / "train.csv", lambda d: d.assign(patient=["" if i < 4 else f"p{i // 2}" for i in range(len(d))]))
+    with pytest.raises(DataError, match=r"4 train row\(s\) have an empty 'patient' .*First ids: \["):
+        build_plan(load_config(make, ["competition.group_col=patient"]))
+
+
+def test_empty_test_set_is_refused(tmp):
+    cfg = cfg_path(tmp)
+    edit_csv(tmp / "comp-csv" / "sample_submission.csv", lambda d: d.iloc[:0])
+    with pytest.raises(DataError, match=r"sample_submission.csv lists no test ids"):
+        build_plan(load_config(cfg))
+
+
+def test_sample_with_an_extra_column_is_refused_at_load(tmp):
+    cfg = cfg_path(tmp)
+    edit_csv(tmp / "comp-csv" / "sample_submission.csv", lambda d: d.assign(Usage="Public"))
+    with pytest.raises(DataError, match=r"sample_submission.csv: columns \['image_id', 'digit', 'Usage'\]"):
+        build_plan(load_config(cfg))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims this size (no pixel data): what a decompression bomb looks like when opened."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_every_unusable_image_is_named_before_any_work(tmp):
+    cfg = cfg_path(tmp)
+    test_dir = tmp / "comp-csv" / "test"
+    names = sorted(p.name for p in test_dir.iterdir())
+    (test_dir / names[0]).write_bytes(b"")  # zero bytes
+    (test_dir / names[1]).write_bytes(b"this is no image")
+    (test_dir / names[2]).write_bytes(png_claiming(13500, 13500))  # a decompression bomb
+    proc = run_cli("all", "--config", str(cfg), check=False)
+    assert proc.returncode == 1 and "[train]" not in proc.stdout and not (tmp / "work" / "tiny-csv" / "train").exists()
+    err = proc.stderr
+    assert "3 test image(s) cannot be used" in err
+    assert f"{names[0]}: empty file (0 bytes)" in err and f"{names[1]}: not a readable image" in err
+    assert f"{names[2]}: " in err and "decompression bomb" in err and "Traceback" not in err
+
+
+def test_pixel_csv_fractions_are_scaled_and_nan_cells_refused(tmp):
+    cfg = cfg_path(tmp, "pixels")
+    comp = tmp / "comp-pixels"
+    for name in ("train.csv", "test.csv"):
+        df = pd.read_csv(comp / name)
+        cols = [c for c in df.columns if c.startswith("pixel")]
+        df[cols] = df[cols] / 255.0
+        df.to_csv(comp / name, index=False)
+    plan = build_plan(load_config(cfg))
+    assert plan.comp.train_pixels.max() == 255 and plan.comp.test_pixels.max() == 255  # not truncated to 0/1
+    assert any("lie in 0..1; scaled by 255" in n for n in plan.comp.notes)
+    edit_csv(comp / "test.csv", lambda d: d.assign(pixel5=["" if i == 2 else v for i, v in enumerate(d["pixel5"])]))
+    with pytest.raises(DataError, match=r"test.csv: 1 pixel cell\(s\) are empty or not numbers, first at data row 3, "
+                                        r"column 'pixel5'"):  # fmt: skip
+        build_plan(load_config(cfg))
+
+
+def test_float_and_exif_rotated_images_decode_as_they_look(tmp):
+    values = np.linspace(0, 1, 16 * 8, dtype=np.float32).reshape(16, 8)
+    Image.fromarray(values).save(tmp / "f.tif")
+    got = read_image(str(tmp / "f.tif"))
+    assert got.shape == (16, 8, 3) and got.max() == 255 and got[..., 0][-1, -1] == 255  # 0..1 scaled, not 0/1
+    values[3, 3] = np.nan
+    Image.fromarray(values).save(tmp / "nan.tif")
+    with pytest.raises(DataError, match=r"nan.tif has NaN pixels"):
+        read_image(str(tmp / "nan.tif"))
+    photo = np.zeros((10, 30, 3), np.uint8)
+    photo[:, :5] = 255  # a white band at the left of a landscape photo
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the camera was turned; viewers rotate it 90 degrees clockwise
+    Image.fromarray(photo).save(tmp / "cam.jpg", exif=exif.tobytes(), quality=95)
+    got = read_image(str(tmp / "cam.jpg"))
+    assert got.shape == (30, 10, 3)  # portrait, as it is shown
+    assert got[:5].mean() > 200 and got[-5:].mean() < 50  # the band is now at the top
+
+
+def test_image_edited_in_place_with_size_and_mtime_restored_is_stale(tmp):
+    cfg = cfg_path(tmp)
+    comp = tmp / "comp-csv"
+    image_id = next(i for i in pd.read_csv(comp / "train.csv", dtype=str)["image_id"] if "." not in i)
+    (path,) = (comp / "train").glob(f"{image_id}.*")
+    bmp = path.with_suffix(".bmp")
+    Image.open(path).convert("RGB").save(bmp)  # uncompressed: an edit keeps the size
+    path.unlink()
+    run_cli("folds", "--config", str(cfg))
+    run_cli("train", "--config", str(cfg))  # builds the train image cache on the way
+    st = bmp.stat()
+    data = bytearray(bmp.read_bytes())
+    data[-1] ^= 0xFF  # one pixel value changed
+    bmp.write_bytes(bytes(data))
+    os.utime(bmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert bmp.stat().st_size == st.st_size and bmp.stat().st_mtime_ns == st.st_mtime_ns
+    status = run_cli("status", "--config", str(cfg)).stdout
+    assert re.search(r"^stale +images/train/34px-bicubic +input pixels changed", status, flags=re.M), status
+
+
+def test_garbage_weights_file_is_refused_at_plan_time(tmp):
+    import pickle
+
+    evil = tmp / "evil.pth"
+    evil.write_bytes(pickle.dumps(os.system))  # unpickling it would import and call code
+    with pytest.raises(ValueError, match=r"evil.pth is not a plain tensor checkpoint") as err:
+        plan_of(tmp, f"models.tiny.weights={evil}")
+    assert "weights_only=False" not in str(err.value)
+
+
+# ---------------------------------------------------------------- folders, disk, leftovers (refused before work)
+def test_output_folders_are_made_or_refused_before_any_work(tmp):
+    nested = tmp / "a" / "b" / "subs"
+    run_cli("folds", "--config", str(cfg_path(tmp)), "--set", f"runtime.submissions_dir={nested}")
+    assert nested.is_dir()  # made at the start, not found missing after all the training
+    blocker = tmp / "not-a-dir"
+    blocker.write_text("")
+    proc = run_cli("all", "--config", str(cfg_path(tmp)), "--set", f"runtime.work_dir={blocker}/w", check=False)
+    assert proc.returncode == 1 and f"cannot write to {blocker}/w" in proc.stderr
+    assert "(runtime.work_dir)" in proc.stderr
+    assert "[images] run" not in proc.stdout
+
+
+def test_temporary_files_of_killed_processes_are_removed_at_the_next_start(tmp):
+    cfg = cfg_path(tmp)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    work = tmp / "work" / "tiny-csv" / "images" / "train"
+    work.mkdir(parents=True)
+    leftover = work / f".images.npy.tmp-{HOST}-{dead.pid}-0123abcd"
+    live = work / f".images.npy.tmp-{HOST}-{os.getpid()}-0123abcd"  # a live process's write in progress
+    leftover.write_bytes(b"x" * 1000)
+    live.write_bytes(b"x")
+    out = run_cli("folds", "--config", str(cfg)).stdout
+    assert not leftover.exists() and live.exists() and "removed 1 temporary file(s)" in out
+
+
+def test_disk_full_is_said_with_the_place_and_the_size(tmp):
+    mnt = tmp / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode == 0
+    try:
+        if mounted:  # a real 1 MB filesystem: the image cache needs more
+            proc = run_cli("all", "--config", str(cfg_path(tmp)), "--set", f"runtime.work_dir={mnt}",
+                           "--set", "train.img_size=256", check=False)  # fmt: skip
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert "disk full: " in proc.stderr and f"MB needed at {mnt}" in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr and not [p for p in mnt.rglob("*.tmp-*")]
+        free = os.statvfs(tmp).f_bavail * os.statvfs(tmp).f_frsize
+        with pytest.raises(DiskFull, match=rf"disk full: \d+ MB needed at {tmp} for the cache, \d+ MB free"):
+            require_space(tmp, free + (1 << 30), "the cache")
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)])
+
+
+def test_foreign_json_in_submissions_is_skipped_with_a_warning(tmp):
+    subs = tmp / "submissions"
+    subs.mkdir()
+    (subs / "notes.json").write_text('{"hello": 1}')
+    (subs / "half.json").write_text('{"cv": 0.9')
+    proc = run_cli("submissions", "--config", str(cfg_path(tmp)))
+    assert "warning: skipping" in proc.stderr and "notes.json" in proc.stderr and "half.json" in proc.stderr
+    assert "no submissions yet" in proc.stdout
+
+
+# ---------------------------------------------------------------- whole runs: handled correctly
+@pytest.mark.slow
+def test_broken_output_is_reported_and_redone_never_read(tmp):
+    cfg = str(cfg_path(tmp))
+    run_cli("all", "--config", cfg)
+    (preds,) = (tmp / "work" / "tiny-csv" / "predict" / "tiny" / "seed0" / "fold1").glob("*/preds.npz")
+    size = preds.stat().st_size
+    with open(preds, "r+b") as f:
+        f.truncate(size // 2)  # a partial copy, a full disk elsewhere
+    status = run_cli("status", "--config", cfg).stdout
+    assert "broken   predict/tiny/seed0/fold1" in status and f"preds.npz has {size // 2} bytes, {size}" in status
+    again = run_cli("all", "--config", cfg).stdout
+    assert "[predict] run    tiny/seed0/fold1" in again and "BadZipFile" not in again
+    assert preds.stat().st_size == size
+
+
+def binary_config(tmp, **competition):
+    cfg = write_config(tmp, "csv", models=TINY, competition={"task": "binary", "metric": "auc", **competition})
+    comp = tmp / "comp-csv"
+    keep = lambda d: d[d["digit"] != "2"]  # noqa: E731 - two classes of digits
+    for name in ("train.csv", "labels.csv"):
+        edit_csv(comp / name, keep)
+    labels = pd.read_csv(comp / "labels.csv", dtype=str)
+    edit_csv(comp / "sample_submission.csv", lambda d: d[d["image_id"].isin(labels["image_id"])])
+    return cfg
+
+
+@pytest.mark.slow
+def test_binary_auc_submits_probabilities_and_reports_the_files_scores(tmp):
+    from sklearn.metrics import roc_auc_score
+
+    cfg = str(binary_config(tmp))
+    out = run_cli("all", "--config", cfg).stdout
+    assert "look like labels, but metric auc scores probabilities" in out
+    (sub,) = (tmp / "submissions").glob("*.csv")
+    manifest = json.loads(sub.with_suffix(".json").read_text())
+    got = pd.read_csv(sub)
+    truth = pd.read_csv(tmp / "comp-csv" / "labels.csv").set_index("image_id").loc[got["image_id"], "digit"]
+    assert manifest["format"] == "probability" and got["digit"].between(0, 1).all() and got["digit"].nunique() > 2
+    assert manifest["holdout_score"] == pytest.approx(roc_auc_score(truth.to_numpy(), got["digit"]))
+    label_run = run_cli("all", "--config", cfg, "--set", "competition.submit_format=label").stdout
+    assert "[train] run" not in label_run  # only submit changes
+    newest = max((tmp / "submissions").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    labelled = json.loads(newest.read_text())
+    written = pd.read_csv(newest.with_suffix(".csv"))
+    assert labelled["format"] == "label" and set(written["digit"]) <= {0, 1}
+    # the reported held-out AUC is the AUC of the hard labels in the file, not of the probabilities
+    assert labelled["holdout_score"] == pytest.approx(roc_auc_score(truth.to_numpy(), written["digit"]))
+
+
+@pytest.mark.slow
+def test_auc_on_a_fold_without_a_class_selects_by_log_loss_and_says_so(tmp):
+    cfg = cfg_path(tmp, competition={"metric": "auc"})
+    comp = tmp / "comp-csv"
+    edit_csv(comp / "train.csv", lambda d: d.drop(d.index[(d["digit"] == "2")][2:]))  # class 2: two rows, 3 folds
+    out = run_cli("folds", "--config", str(cfg)).stdout + run_cli("train", "--config", str(cfg)).stdout
+    assert "WARNING fold" in out and "holds no held-out example of class(es) ['2']" in out
+    assert "auc is undefined on it, so its best epoch is chosen by log loss" in out
+    assert "is undefined on this fold's held-out rows" in out and "chosen by logloss" in out
+    markers = [json.loads(p.read_text()) for p in (tmp / "work").glob("tiny-csv/train/**/done.json")]
+    chosen = [m["scores"] for m in markers]
+    assert any("logloss" in s for s in chosen) and any("auc" in s for s in chosen)
+
+
+def test_holdout_labels_of_an_unknown_class_are_named(tmp):
+    from pipeline.stages.submit import holdout_score
+
+    plan = plan_of(tmp)
+    edit_csv(tmp / "comp-csv" / "labels.csv", lambda d: d.assign(digit=["7"] + list(d["digit"][1:])))
+    with pytest.raises(DataError, match=r"labels.csv: 1 held-out label\(s\) are not classes .*\('s\d+', '7'\)"):
+        holdout_score(plan, np.full((9, 3), 1 / 3))
