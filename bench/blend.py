@@ -1,16 +1,17 @@
 """./run.sh bench blend: every blend method on the config's cached OOF predictions: plain OOF score (weights fitted
 and scored on the same rows), honest nested-CV score, and the gain over the best single model with a bootstrap
-interval. Needs the predict stage done; computes no network output. Prints a table; no pass/fail.
+interval. The honest score fits every choice (TTA policy and merge per model, weights or stacker, the best single
+model) on k-1 folds. Needs the predict stage done; computes no network output. Prints a table; no pass/fail.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.blending import METHODS, bootstrap_gain, make_blend, nested_cv
+from pipeline.blending import METHODS, bootstrap_gain, choose_tta, honest_cv, make_blend
 from pipeline.metrics import GREATER_IS_BETTER, score
 from pipeline.plan import build_plan
-from pipeline.stages.blend import choose_tta, gather
+from pipeline.stages.blend import gather
 from pipeline.tta import POLICIES, merge
 
 from .common import parse
@@ -31,16 +32,17 @@ def main() -> None:
         print(f"{name:>16}: OOF {metric} {single[name]:.4f}  (TTA {pol}/{how})")
     sign = 1 if GREATER_IS_BETTER[metric] else -1
     best = max(single, key=lambda n: sign * single[n])
-    best_probs = oofs[list(models).index(best)]
-    print(f"best single model: {best} {single[best]:.4f}")
-    print(f"{'method':>8} {'OOF':>8} {'honest':>8} {'gain vs best [95% CI]':>30}  weights")
+    print(f"best single model: {best} {single[best]:.4f} (chosen on all OOF rows: optimistic)")
+    print(f"{'method':>8} {'OOF':>8} {'honest':>8} {'honest single':>13} {'honest gain [95% CI]':>30}  weights")
     for method in sorted(METHODS):
         b = make_blend(method, metric, cfg.blend.seed).fit(oofs, y)
-        honest, _ = nested_cv(method, metric, oofs, y, folds, cfg.blend.seed)
-        g = bootstrap_gain(metric, y, honest, best_probs, args.bootstrap, cfg.blend.seed)
+        # every choice (TTA policy and merge per model, weights, best single) made on k-1 folds
+        honest, honest_single, _, _ = honest_cv(models, y, folds, method, metric, cfg.blend.tta, cfg.blend.merge,
+                                                cfg.blend.seed)  # fmt: skip
+        g = bootstrap_gain(metric, y, honest, honest_single, args.bootstrap, cfg.blend.seed)
         w = " ".join(f"{v:.2f}" for v in b.weights_)
         print(f"{method:>8} {score(metric, y, b.predict(oofs)):8.4f} {score(metric, y, honest):8.4f} "
-              f"{g[0]:+9.4f} [{g[1]:+.4f}, {g[2]:+.4f}]  {w}")  # fmt: skip
+              f"{score(metric, y, honest_single):13.4f} {g[0]:+9.4f} [{g[1]:+.4f}, {g[2]:+.4f}]  {w}")  # fmt: skip
     print(f"rows {len(y)}, folds {len(np.unique(folds))}, metric {metric}")
 
 

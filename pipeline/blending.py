@@ -11,6 +11,7 @@ from scipy.optimize import minimize
 from scipy.stats import rankdata
 
 from .metrics import GREATER_IS_BETTER, loss_of, score
+from .tta import POLICIES, merge, policies_within
 
 
 def _stack(probs_list) -> np.ndarray:
@@ -89,7 +90,40 @@ class SimplexBlend(MeanBlend):
         return self
 
 
-METHODS = {"mean": MeanBlend, "rank": RankBlend, "caruana": CaruanaBlend, "simplex": SimplexBlend}
+class StackBlend(MeanBlend):
+    """Stacking: a level-2 multinomial logistic regression on the models' log-probabilities (M x C features per
+    row), L2-regularised (C=1 on standardised inputs). Learns interactions a weighted mean cannot (one model trusted
+    for some classes, another for others). `weights_` is each model's share of the absolute coefficients, for the
+    report; predictions come from the regression."""
+
+    def fit(self, probs_list, y):
+        from sklearn.linear_model import LogisticRegression
+        from threadpoolctl import threadpool_limits
+
+        x = self._features(probs_list)
+        self.mean_, self.scale_ = x.mean(0), x.std(0) + 1e-6
+        self.n_classes_ = _stack(probs_list).shape[-1]
+        self.clf_ = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed)
+        with threadpool_limits(1):
+            self.clf_.fit((x - self.mean_) / self.scale_, y)
+        share = np.abs(self.clf_.coef_).reshape(len(self.clf_.coef_), len(probs_list), -1).sum((0, 2))
+        self.weights_ = share / share.sum()
+        return self
+
+    @staticmethod
+    def _features(probs_list) -> np.ndarray:
+        p = _stack(probs_list)  # (M, N, C)
+        return np.log(np.clip(p, 1e-7, 1)).transpose(1, 0, 2).reshape(p.shape[1], -1)
+
+    def predict(self, probs_list) -> np.ndarray:
+        x = (self._features(probs_list) - self.mean_) / self.scale_
+        out = np.zeros((len(x), self.n_classes_))
+        out[:, self.clf_.classes_] = self.clf_.predict_proba(x)  # a class absent from the fit rows gets no mass
+        return out / out.sum(1, keepdims=True)
+
+
+METHODS = {"mean": MeanBlend, "rank": RankBlend, "caruana": CaruanaBlend, "simplex": SimplexBlend,
+           "stack": StackBlend}  # fmt: skip
 
 
 def make_blend(method: str, metric: str, seed: int = 0):
@@ -110,6 +144,51 @@ def nested_cv(method: str, metric: str, probs_list, y: np.ndarray, folds: np.nda
         out[va] = b.predict(list(p[:, va]))
         weights.append(b.weights_)
     return out, np.array(weights)
+
+
+def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tta: str, merge_how: str):
+    """Score every TTA policy within the computed views and each merge on OOF; return (table, best policy, merge)."""
+    table = []
+    policies = policies_within(views) if tta == "auto" else [tta]
+    merges = ["mean", "gmean"] if tta == "auto" else [merge_how]
+    for pol in policies:
+        if not set(POLICIES[pol]) <= set(views):
+            raise ValueError(f"blend.tta={pol} needs views {POLICIES[pol]}, but predict computed {views}")
+        idx = [views.index(v) for v in POLICIES[pol]]
+        for how in merges:
+            p = merge(oof[idx], how)
+            table.append({"tta": pol, "merge": how, metric: score(metric, y, p), "logloss": score("logloss", y, p)})
+    sign = -1 if GREATER_IS_BETTER[metric] else 1
+    best = min(table, key=lambda r: (sign * r[metric], r["logloss"], len(POLICIES[r["tta"]])))
+    return table, best["tta"], best["merge"]
+
+
+def merged_oof(m: dict, metric: str, y: np.ndarray, rows: np.ndarray, tta: str, merge_how: str):
+    """A model's OOF (N, C) merged over the TTA policy and merge chosen on `rows` only; and that choice."""
+    _, pol, how = choose_tta(metric, y[rows], m["views"], m["oof"][:, rows], tta, merge_how)
+    return merge(m["oof"][[m["views"].index(v) for v in POLICIES[pol]]], how), (pol, how)
+
+
+def honest_cv(models: dict, y: np.ndarray, folds: np.ndarray, method: str, metric: str, tta: str, merge_how: str,
+              seed: int = 0):  # fmt: skip
+    """Honest OOF of everything the blend chooses: for each fold, every choice made on the other folds' rows only
+    (each model's TTA policy and merge, the blend's weights or stacker, the best single model), then applied to this
+    fold. models: name -> {"views", "oof" (V, N, C)}. Returns (blend probs (N, C), best-single probs (N, C),
+    per-fold weights (K, M), per-fold best single model names)."""
+    names = list(models)
+    n, c = next(iter(models.values()))["oof"].shape[1:]
+    blend, single, weights, best = np.zeros((n, c)), np.zeros((n, c)), [], []
+    sign = 1 if GREATER_IS_BETTER[metric] else -1
+    for k in np.unique(folds):
+        tr, va = folds != k, folds == k
+        merged = [merged_oof(models[name], metric, y, np.where(tr)[0], tta, merge_how)[0] for name in names]
+        b = make_blend(method, metric, seed).fit([p[tr] for p in merged], y[tr])
+        blend[va] = b.predict([p[va] for p in merged])
+        i = max(range(len(names)), key=lambda j: sign * score(metric, y[tr], merged[j][tr]))
+        single[va] = merged[i][va]
+        weights.append(b.weights_)
+        best.append(names[i])
+    return blend, single, np.array(weights), best
 
 
 def bootstrap_gain(metric: str, y, probs_a, probs_b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:

@@ -105,7 +105,7 @@ class Predict:
 
 @dataclass
 class Blend:
-    method: str = "simplex"  # mean | rank | caruana | simplex
+    method: str = "simplex"  # mean | rank | caruana | simplex | stack (level-2 logistic regression)
     tta: str = "auto"  # auto (best on OOF per model) | none | hflip | vflip | d4 | five-crop | ten-crop
     merge: str = "mean"  # how TTA views merge: mean | gmean (of probabilities, never logits)
     seed: int = 0
@@ -183,7 +183,7 @@ CHOICES = {
     "competition.embedded": {None, "digits"},
     "models.kind": {"finetune", "head"},
     "predict.views": {"none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
-    "blend.method": {"mean", "rank", "caruana", "simplex"},
+    "blend.method": {"mean", "rank", "caruana", "simplex", "stack"},
     "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.merge": {"mean", "gmean"},
     "runtime.executor": {"auto", "local", "processes", "ray"},

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.blending import METHODS, bootstrap_gain, make_blend, nested_cv
+from pipeline.blending import METHODS, bootstrap_gain, choose_tta, honest_cv, make_blend, nested_cv
 from pipeline.metrics import score
 
 
@@ -48,6 +48,38 @@ def test_nested_cv_never_sees_the_held_out_fold():
     b = make_blend("simplex", "logloss").fit([p[folds != k] for p in probs], y[folds != k])
     np.testing.assert_allclose(honest[folds == k], b.predict([p[folds == k] for p in probs]))
     np.testing.assert_allclose(honest2[folds == k], honest[folds == k])
+
+
+def test_honest_cv_chooses_tta_and_best_single_without_the_held_out_fold():
+    y, (good, fair, noise) = synthetic(n=500)
+    folds = np.where(np.arange(len(y)) < 300, 0, 1 + np.arange(len(y)) % 4)  # fold 0 holds 60 % of the rows
+    flip = noise.copy()
+    flip[folds == 0] = np.eye(3)[y[folds == 0]]  # the flipped view is perfect on fold 0 only, noise elsewhere
+    models = {"a": {"views": ["center", "center_hflip"], "oof": np.stack([fair, flip])},
+              "b": {"views": ["center"], "oof": good[None]}}  # fmt: skip
+    # on all rows the flip view wins (fold 0 weighs most): a choice made there would leak fold 0's labels into it
+    assert choose_tta("accuracy", y, models["a"]["views"], models["a"]["oof"], "auto", "mean")[1] == "hflip"
+    blend, single, weights, best = honest_cv(models, y, folds, "mean", "accuracy", "auto", "mean")
+    on_0 = folds == 0
+    # chosen on folds 1-4: model a's centre view alone, and b is the best single model there
+    assert best[0] == "b" and np.allclose(single[on_0], good[on_0])
+    np.testing.assert_allclose(blend[on_0], (fair[on_0] + good[on_0]) / 2)
+    assert weights.shape == (5, 2)
+
+
+def test_stacking_learns_which_model_to_trust_per_class():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 4, 2000)
+    onehot = np.eye(4)[y]
+    noisy = rng.dirichlet(np.ones(4), len(y))
+    a = np.where((y < 2)[:, None], 0.7 * onehot + 0.3 * noisy, noisy)  # knows classes 0 and 1 only
+    b = np.where((y >= 2)[:, None], 0.7 * onehot + 0.3 * noisy, noisy)  # knows classes 2 and 3 only
+    folds = np.arange(len(y)) % 5
+    stack = score("accuracy", y, honest_cv({"a": {"views": ["center"], "oof": a[None]},
+                                            "b": {"views": ["center"], "oof": b[None]}}, y, folds, "stack",
+                                           "accuracy", "none", "mean")[0])  # fmt: skip
+    mean = score("accuracy", y, (a + b) / 2)
+    assert stack > mean + 0.02, (stack, mean)
 
 
 def test_bootstrap_gain_sign():

@@ -1,6 +1,8 @@
 """blend: per model, seeds averaged and the TTA views chosen and merged on OOF; then the models blended with
-weights fitted on OOF only (test predictions are never read by a fit). Reports the plain OOF score of the blend,
-its honest nested-CV score, the best single model's, a bootstrap interval of the gain, and the models' diversity.
+weights fitted on OOF only (test predictions are never read by a fit). Reports the plain OOF score of the blend;
+its honest nested-CV score, in which every choice (each model's TTA policy and merge, the weights or stacker, the
+best single model) is made on k-1 folds and applied to the k-th; the best single model's plain and honest scores; a
+bootstrap interval of the honest gain over the honest best single model; and the models' diversity.
 
 Outputs: `blend.npz` (oof_probs (N, C), honest_probs (N, C), test_probs (n_test, C), ids) and `report.json`.
 """
@@ -13,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..blending import bootstrap_gain, make_blend, nested_cv
+from ..blending import bootstrap_gain, choose_tta, honest_cv, make_blend
 from ..executor import log
 from ..metrics import GREATER_IS_BETTER, score
 from ..plan import FULL
 from ..store import Unit, atomic_savez, atomic_write_json
-from ..tta import POLICIES, merge, policies_within
+from ..tta import POLICIES, merge
 
 NAME = "blend"
-VERSION = 1
+VERSION = 2  # 2: honest CV nests the TTA and best-single choices
 PARTIAL = None
 IMPLICIT = False
 
@@ -70,23 +72,6 @@ def test_from(m: dict) -> str:
     return "full-data refit" if m["refit"] else "fold models"
 
 
-def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tta: str, merge_how: str):
-    """Score every TTA policy within the computed views and each merge on OOF; return (table, best policy, merge)."""
-    table = []
-    policies = policies_within(views) if tta == "auto" else [tta]
-    merges = ["mean", "gmean"] if tta == "auto" else [merge_how]
-    for pol in policies:
-        if not set(POLICIES[pol]) <= set(views):
-            raise ValueError(f"blend.tta={pol} needs views {POLICIES[pol]}, but predict computed {views}")
-        idx = [views.index(v) for v in POLICIES[pol]]
-        for how in merges:
-            p = merge(oof[idx], how)
-            table.append({"tta": pol, "merge": how, metric: score(metric, y, p), "logloss": score("logloss", y, p)})
-    sign = -1 if GREATER_IS_BETTER[metric] else 1
-    best = min(table, key=lambda r: (sign * r[metric], r["logloss"], len(POLICIES[r["tta"]])))
-    return table, best["tta"], best["merge"]
-
-
 def run(plan, unit: Unit, out: Path) -> dict:
     cfg, comp = plan.cfg, plan.comp
     metric, b = cfg.competition.metric, cfg.blend
@@ -106,17 +91,21 @@ def run(plan, unit: Unit, out: Path) -> dict:
         log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}; test from {test_from(m)}")
     blender = make_blend(b.method, metric, b.seed).fit(oofs, y)
     oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
-    honest, fold_weights = nested_cv(b.method, metric, oofs, y, folds, b.seed)
+    # honest: the TTA choices, the blend and the best single model all chosen again on k-1 folds for each fold
+    honest, honest_single, fold_weights, fold_best = honest_cv(models, y, folds, b.method, metric, b.tta, b.merge,
+                                                               b.seed)  # fmt: skip
     best_name = max(names, key=lambda n: single[n] if GREATER_IS_BETTER[metric] else -single[n])
-    gain = bootstrap_gain(metric, y, honest, oofs[names.index(best_name)], b.bootstrap, b.seed)
+    gain = bootstrap_gain(metric, y, honest, honest_single, b.bootstrap, b.seed)
     errors = np.stack([1 - o[np.arange(len(y)), y] for o in oofs])
     corr = np.corrcoef(errors) if len(oofs) > 1 else np.ones((1, 1))
     scores = {"oof": score(metric, y, oof_blend), "honest_cv": score(metric, y, honest),
-              "best_single": single[best_name], "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
+              "best_single": single[best_name], "honest_best_single": score(metric, y, honest_single),
+              "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
     report = {
         "metric": metric, "method": b.method, "models": names,
         "weights": dict(zip(names, blender.weights_.tolist())),
-        "fold_weights": fold_weights.tolist(), "single": single, "best_single_model": best_name, **scores,
+        "fold_weights": fold_weights.tolist(), "fold_best_single": fold_best, "single": single,
+        "best_single_model": best_name, **scores,
         "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,
         "error_correlation": {"models": names, "matrix": np.round(corr, 4).tolist()},
     }  # fmt: skip
@@ -136,7 +125,8 @@ def run(plan, unit: Unit, out: Path) -> dict:
     log(
         NAME,
         f"{metric}: blend OOF {scores['oof']:.4f}, honest CV {scores['honest_cv']:.4f}, best single "
-        f"{best_name} {scores['best_single']:.4f}, honest gain {gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
+        f"{best_name} {scores['best_single']:.4f} (honest {scores['honest_best_single']:.4f}), honest gain "
+        f"{gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
     )
     return {"outputs": ["blend.npz", "report.json"], "scores": scores}
 
