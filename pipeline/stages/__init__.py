@@ -6,12 +6,14 @@
 - `run(plan, unit, out) -> dict(outputs=[...], scores={...})`: the work of one unit, given the plan any process
   rebuilds from the config; it reads inputs only through `plan.load_input` (their own stage's loader);
 - `load(plan, unit)`: what consumers get from a done unit;
-- optionally `after(plan, units, **options)`: run in the main process once the stage's units are done.
+- optionally `after(plan, units, **options)`: run in the main process once the stage's units are done;
+- optionally `narrow(plan, unit, missing) -> Unit`: the stage takes what is done (the report): when run on its own
+  with inputs not done, its unit is replaced by this one, built on the done inputs (scheduler.narrow_to_done).
 
 A stage imports the core only; stages meet through the artifacts their loaders read. STAGES is the registry, in
 dependency order: adding a stage is one module and one line here.
 """
 
-from . import blend, features, folds, images, predict, submit, train
+from . import blend, features, folds, images, predict, report, submit, train
 
-STAGES = {m.NAME: m for m in (images, folds, features, train, predict, blend, submit)}
+STAGES = {m.NAME: m for m in (images, folds, features, train, predict, blend, submit, report)}

@@ -1,0 +1,169 @@
+"""The report's figures: matplotlib (Agg, no display, no global pyplot state) to PNG data URIs for the HTML page.
+
+Each function takes recorded numbers (epochs, scores, probabilities' summaries) and returns
+"data:image/png;base64,...", so the page needs nothing beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 96
+COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+          "#17becf"]  # fmt: skip
+
+
+def to_uri(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _fig(w: float, h: float, ncols: int = 1):
+    fig = Figure(figsize=(w, h), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
+def learning_curves(runs: list[dict], metric: str) -> str:
+    """runs: {label, epoch, train_loss, val, best_epoch, images_per_s}; one line per fold/seed, best epoch starred."""
+    fig, (ax_loss, ax_val, ax_speed) = _fig(11, 3.1, 3)
+    for i, r in enumerate(runs):
+        c = COLORS[i % len(COLORS)]
+        ax_loss.plot(r["epoch"], r["train_loss"], "-o", ms=3, color=c, label=r["label"])
+        if r["val"] is not None and np.isfinite(r["val"]).any():
+            ax_val.plot(r["epoch"], r["val"], "-o", ms=3, color=c, label=r["label"])
+            b = list(r["epoch"]).index(r["best_epoch"]) if r["best_epoch"] in list(r["epoch"]) else None
+            if b is not None:
+                ax_val.plot([r["epoch"][b]], [r["val"][b]], "*", ms=13, color=c, mec="k", mew=0.6)
+        ax_speed.plot(r["epoch"], r["images_per_s"], "-o", ms=3, color=c)
+    ax_loss.set(title="train loss", xlabel="epoch")
+    ax_val.set(title=f"validation {metric} (★ best epoch)", xlabel="epoch")
+    ax_speed.set(title="training images/s", xlabel="epoch")
+    for ax in (ax_loss, ax_val, ax_speed):
+        ax.grid(alpha=0.3)
+    ax_val.legend(fontsize=7, ncol=2 if len(runs) > 5 else 1)
+    return to_uri(fig)
+
+
+def model_scores(names: list[str], oof: list[float | None], folds: list[list[float]], weights: list[float] | None,
+                 blend: float | None, metric: str) -> str:  # fmt: skip
+    """Bars: each model's OOF score, its fold scores as dots and their spread (±1 sd); the blend as a line. Beside
+    it the blend weights."""
+    fig, (ax, ax_w) = _fig(10, 0.55 * len(names) + 1.8, 2)
+    y = np.arange(len(names))
+    ax.barh(y, [v if v is not None else 0 for v in oof], color=COLORS[0], alpha=0.75, label="OOF")
+    for i, fs in enumerate(folds):
+        if fs:
+            ax.errorbar(np.mean(fs), i, xerr=np.std(fs), fmt="none", ecolor="k", capsize=4)
+            ax.plot(fs, [i] * len(fs), "o", color=COLORS[1], ms=4, label="fold / seed" if i == 0 else None)
+    if blend is not None:
+        ax.axvline(blend, color=COLORS[3], ls="--", label=f"blend {blend:.4f}")
+    shown = [v for fs in folds for v in fs] + [v for v in oof if v is not None] + ([blend] if blend else [])
+    lo, hi = min(shown, default=0.0), max(shown, default=1.0)
+    pad = max(hi - lo, 0.01)  # zoom on the scores: near 1, differences of 0.001 matter
+    ax.set_xlim(max(0.0, lo - pad), hi + 0.6 * pad)
+    ax.set(yticks=y, yticklabels=names, title=f"OOF {metric} per model", xlabel=metric)
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3, axis="x")
+    if weights is not None:
+        ax_w.barh(y, weights, color=COLORS[2])
+        for i, w in enumerate(weights):
+            ax_w.text(w, i, f" {w:.2f}", va="center", fontsize=9)
+        ax_w.set(yticks=y, yticklabels=names, title="blend weights", xlim=(0, 1.1))
+        ax_w.invert_yaxis()
+    else:
+        ax_w.set_axis_off()
+        ax_w.text(0.5, 0.5, "no blend yet", ha="center", va="center")
+    return to_uri(fig)
+
+
+def heatmap(matrix: np.ndarray, labels: list[str], title: str, vmin: float, vmax: float, cmap: str,
+            xlabel: str = "", ylabel: str = "") -> str:  # fmt: skip
+    """A square matrix with its values written in when it is small enough to read."""
+    n = len(labels)
+    side = min(11, max(4.0, 0.45 * n + 2))
+    fig, (ax,) = _fig(side, side * 0.85)
+    im = ax.imshow(matrix, vmin=vmin, vmax=vmax, cmap=cmap)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if n <= 40:
+        ax.set(xticks=range(n), yticks=range(n))
+        ax.set_xticklabels(labels, rotation=60 if max(map(len, labels)) > 3 else 0, ha="right", fontsize=8)
+        ax.set_yticklabels(labels, fontsize=8)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                v = matrix[i, j]
+                dark = (v - vmin) / (vmax - vmin + 1e-12) > 0.6
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w" if dark else "k")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    return to_uri(fig)
+
+
+def roc_and_hist(y: np.ndarray, p1: np.ndarray, classes: list[str]) -> str:
+    """Binary: ROC curve of P(class 1) and its histogram per true class."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, (ax_roc, ax_h) = _fig(10, 3.6, 2)
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, p1)
+        ax_roc.plot(fpr, tpr, color=COLORS[0], label=f"AUC {roc_auc_score(y, p1):.4f}")
+    ax_roc.plot([0, 1], [0, 1], ":", color="grey")
+    ax_roc.set(title="ROC (OOF)", xlabel="false positive rate", ylabel="true positive rate")
+    ax_roc.legend(loc="lower right")
+    bins = np.linspace(0, 1, 21)
+    for k, name in enumerate(classes):
+        ax_h.hist(p1[y == k], bins=bins, alpha=0.6, color=COLORS[k], label=f"true {name}")
+    ax_h.set(title=f"P({classes[1]}) per true class", xlabel="probability", ylabel="images")
+    ax_h.legend()
+    return to_uri(fig)
+
+
+def reliability_diagram(rel: dict) -> str:
+    fig, (ax, ax_n) = _fig(10, 3.6, 2)
+    centres = (rel["edges"][:-1] + rel["edges"][1:]) / 2
+    width = rel["edges"][1] - rel["edges"][0]
+    ok = rel["count"] > 0
+    ax.bar(centres[ok], rel["accuracy"][ok], width=width * 0.9, color=COLORS[0], alpha=0.8, label="accuracy")
+    ax.plot(rel["confidence"][ok], rel["confidence"][ok], "o", color=COLORS[3], ms=4, label="mean confidence")
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="top-class probability", ylabel="accuracy",
+           title=f"reliability (ECE {rel['ece']:.4f})")  # fmt: skip
+    ax.legend(fontsize=8, loc="upper left")
+    ax_n.bar(centres, rel["count"], width=width * 0.9, color=COLORS[2])
+    ax_n.set(xlim=(0, 1), xlabel="top-class probability", ylabel="images", title="images per bin", yscale="log")
+    return to_uri(fig)
+
+
+def image_grid(images: np.ndarray, titles: list[str], cols: int = 8) -> str:
+    """images: (n, h, w, 3) uint8, one captioned tile each."""
+    n = len(images)
+    rows = int(np.ceil(n / cols))
+    fig = Figure(figsize=(1.45 * cols, 1.75 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, im, t in zip(axes, images, titles):
+        ax.imshow(im, interpolation="nearest")
+        ax.set_title(t, fontsize=7)
+    return to_uri(fig)
+
+
+def class_shift(classes: list[str], train_share: np.ndarray, test_share: np.ndarray) -> str:
+    n = len(classes)
+    fig, (ax,) = _fig(min(12, max(5, 0.45 * n + 2)), 3.4)
+    x = np.arange(n)
+    ax.bar(x - 0.2, train_share, 0.4, color=COLORS[0], label="train labels")
+    ax.bar(x + 0.2, test_share, 0.4, color=COLORS[1], label="test predictions")
+    if n <= 40:
+        ax.set_xticks(x)
+        ax.set_xticklabels(classes, rotation=60 if max(map(len, classes)) > 3 else 0, ha="right", fontsize=8)
+    ax.set(ylabel="share of images", title="class distribution: train labels vs predicted test classes")
+    ax.set_ylim(0, 1.3 * max(train_share.max(), test_share.max()))  # room for the legend above the bars
+    ax.legend(ncol=2, loc="upper center")
+    ax.grid(alpha=0.3, axis="y")
+    return to_uri(fig)
