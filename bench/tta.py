@@ -1,12 +1,15 @@
 """./run.sh bench tta: 10-crop TTA vs one view vs ttach's ClassificationTTAWrapper, same model, batch and device.
 
-Ours builds all ten views of a batch by slicing and runs them as one stacked forward (chunked to --max-batch);
-ttach runs one view at a time in a Python loop and merges raw logits. Each is timed over the same images, after a
-warm-up pass, best of --repeats. Prints seconds and ratios; no pass/fail.
+Ours builds the views of a batch by slicing, forwarded one view at a time on CPU or stacked on CUDA (the device
+default; `--max-batch` overrides it); ttach runs one view at a time in a Python loop and merges raw logits. Every
+contender is timed the same way over the same decoded batches: one warm-up pass each, then --repeats rounds in which
+each runs once (interleaved, the order rotated every round, so machine drift hits all alike). Prints the median
+seconds with the spread (min-max) and ratios of medians; no pass/fail.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -23,25 +26,33 @@ from pipeline.tta import views_for
 from .common import parse
 
 
-def timed(fn, repeats: int, device) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
+def interleaved(contenders: dict, repeats: int, device) -> dict[str, list[float]]:
+    """Seconds of each contender over `repeats` rounds, each round running every contender once."""
+
+    def once(fn) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        return time.perf_counter() - t0
+
+    for fn in contenders.values():  # warm-up
+        fn()
+    names = list(contenders)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names[r % len(names) :] + names[: r % len(names)]:
+            times[n].append(once(contenders[n]))
+    return times
 
 
 def main() -> None:
     def extra(p):
         p.add_argument("--images", type=int, default=512)
         p.add_argument("--batch", type=int, default=64)
-        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--repeats", type=int, default=5)
         p.add_argument("--max-batch", type=int, default=None, help="images per forward (default: per device)")
 
     args, cfg, spec = parse(__doc__, extra)
@@ -70,22 +81,27 @@ def main() -> None:
             with amp_context(device, cfg.runtime.amp):
                 torch.softmax(wrapper(x).float(), 1).cpu()
 
-    t_ttach = timed(with_ttach, args.repeats, device)
-    t_one = timed(ours(["center"]), args.repeats, device)
-    t_ten = timed(ours(ten), args.repeats, device)
-    t_stacked = timed(ours(ten, 10 * args.batch), args.repeats, device)
-    t_ttach = min(t_ttach, timed(with_ttach, args.repeats, device))  # before and after ours: machine drift
+    contenders = {
+        "one view (centre)": ours(["center"]),
+        "ten-crop (device default)": ours(ten),
+        "ten-crop, all 10 stacked": ours(ten, 10 * args.batch),
+        "ttach ten_crop wrapper": with_ttach,
+    }
+    times = interleaved(contenders, args.repeats, device)
+    med = {k: statistics.median(v) for k, v in times.items()}
     n = len(rows)
     print(f"device {device}, model {spec.backbone} {spec.img_size}px (cache {prep['cache_size']}px), "
-          f"{n} images, batch {args.batch}, threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"one view (centre)        : {t_one:7.3f}s  {n / t_one:8.1f} images/s")
-    print(f"ten-crop (device default): {t_ten:7.3f}s  {n / t_ten:8.1f} images/s  ratio to one view {t_ten / t_one:.2f}")
-    print(
-        f"ten-crop, all 10 stacked : {t_stacked:7.3f}s  {n / t_stacked:8.1f} images/s  ratio to one view "
-        f"{t_stacked / t_one:.2f}"
-    )
-    print(f"ttach ten_crop wrapper   : {t_ttach:7.3f}s  {n / t_ttach:8.1f} images/s  ratio to one view "
-          f"{t_ttach / t_one:.2f}  (ours/ttach {t_ten / t_ttach:.2f})")  # fmt: skip
+          f"{n} images, batch {args.batch}, threads {torch.get_num_threads()}, channels_last "
+          f"{cfg.runtime.channels_last}, {args.repeats} interleaved rounds")  # fmt: skip
+    for name, t in times.items():
+        print(
+            f"{name:26s}: {med[name]:7.3f}s (min {min(t):.3f}, max {max(t):.3f})  {n / med[name]:8.1f} images/s  "
+            f"ratio to one view {med[name] / med['one view (centre)']:.2f}"
+        )
+    ours_t, ttach_t = times["ten-crop (device default)"], times["ttach ten_crop wrapper"]
+    per_round = statistics.median(a / b for a, b in zip(ours_t, ttach_t))
+    print(f"ours/ttach (ten-crop, device default): {statistics.median(ours_t) / statistics.median(ttach_t):.2f} "
+          f"(median of the rounds' own ratios {per_round:.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":
