@@ -177,3 +177,17 @@ def reference_run(tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("reference")
     run_cli("all", "--config", str(exec_config(tmp, executor="local")))
     return run_outputs(tmp)
+
+
+# One tiny run shared by the tests that read it (status and cache keys, stored views): a fine-tuned model and a head
+# on features, ten views cached per image. Tests that add to it use other keys (they never change what it holds).
+SHARED_MODELS = [{"name": "tiny", "backbone": "test_efficientnet", "weights": "none"},
+                 {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """(tmp, config path, stdout of `./run.sh all`)."""
+    tmp = tmp_path_factory.mktemp("shared")
+    cfg = write_config(tmp, "csv", models=SHARED_MODELS, predict={"views": "ten-crop", "batch_size": 32})
+    return tmp, cfg, run_cli("all", "--config", str(cfg)).stdout
