@@ -2,6 +2,7 @@
 uninterrupted run: same weights, same OOF predictions."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -43,6 +44,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp):
     assert list(fold0.glob("*/resume.pt")), "training never reached the end of an epoch"
     assert not list(fold0.glob("*/done.json")), "killed too late: the unit had finished"
 
+    status = run_cli("status", "--config", cfg_b).stdout
+    assert re.search(r"^partial +train/tiny/seed0/fold0 +resumable$", status, flags=re.M), status
     resumed = run_cli("train", "--config", cfg_b).stdout
     assert "[train] resume tiny/seed0/fold0" in resumed
     for stage in ("train",):
