@@ -86,3 +86,17 @@ def test_bootstrap_gain_sign():
     y, probs = synthetic()
     mean, lo, hi = bootstrap_gain("accuracy", y, probs[0], probs[2], n=200)
     assert lo > 0 and mean == pytest.approx(score("accuracy", y, probs[0]) - score("accuracy", y, probs[2]), abs=0.05)
+
+
+def test_simplex_falls_back_to_the_mean_when_its_weights_lose_on_the_metric():
+    # two models on 8 rows: the log-loss optimum (0.135, 0.865) scores accuracy 0.25, the plain mean 0.625
+    y = np.array([1, 0, 1, 0, 1, 0, 0, 1])
+    a = [[0.61, 0.39], [0.21, 0.79], [0.98, 0.02], [0.63, 0.37], [0.32, 0.68], [0.88, 0.12], [0.13, 0.87], [0.12, 0.88]]
+    b = [[0.02, 0.98], [0.45, 0.55], [0.66, 0.34], [0.42, 0.58], [0.67, 0.33], [0.47, 0.53], [0.5, 0.5], [0.58, 0.42]]
+    probs = [np.array(a), np.array(b)]
+    by_logloss = make_blend("simplex", "logloss").fit(probs, y).weights_
+    np.testing.assert_allclose(by_logloss, [0.135, 0.865], atol=0.01)  # kept: it is what log loss asks for
+    assert score("accuracy", y, by_logloss[0] * probs[0] + by_logloss[1] * probs[1]) == 0.25
+    by_accuracy = make_blend("simplex", "accuracy").fit(probs, y)
+    np.testing.assert_array_equal(by_accuracy.weights_, [0.5, 0.5])  # the mean, which scores 0.625
+    assert score("accuracy", y, by_accuracy.predict(probs)) == 0.625
