@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # matplotlib loads when a figure is drawn: the pipeline runs without it, the report needs it
+    from matplotlib.figure import Figure
 
 DPI = 96
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
@@ -23,8 +26,14 @@ def to_uri(fig: Figure) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _figure(**kw) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(layout="constrained", **kw)
+
+
 def _fig(w: float, h: float, ncols: int = 1):
-    fig = Figure(figsize=(w, h), layout="constrained")
+    fig = _figure(figsize=(w, h))
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
@@ -143,7 +152,7 @@ def image_grid(images: np.ndarray, titles: list[str], cols: int = 8) -> str:
     """images: (n, h, w, 3) uint8, one captioned tile each."""
     n = len(images)
     rows = int(np.ceil(n / cols))
-    fig = Figure(figsize=(1.45 * cols, 1.75 * rows), layout="constrained")
+    fig = _figure(figsize=(1.45 * cols, 1.75 * rows))
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.set_axis_off()

@@ -133,6 +133,24 @@ def page(title: str, subtitle: str, sections: list[tuple[str, str, str]], missin
 # --- panels: one section's HTML from arrays, and the numbers it shows ------------------------------------------------
 
 
+def time_panel(markers: dict[str, list[dict]]) -> str:
+    """Per stage, from its done units' markers: their count, summed seconds, and first start to last end."""
+    rows = []
+    for stage, marks in markers.items():
+        if marks:
+            span = max(m.get("finished_at", 0) for m in marks) - min(m.get("started_at", 0) for m in marks)
+            rows.append([stage, len(marks), f"{sum(m['seconds'] for m in marks):.1f}", f"{span:.1f}"])
+    header = ["stage", "units done", "unit seconds (sum)", "wall seconds (first start to last end)"]
+    return "<h3>Time spent per stage</h3>" + table(header, rows)
+
+
+def missing_panel(rows: list[list[str]]) -> str:
+    """rows: (unit label, state and why) of the units a partial run lacks."""
+    return (f'<section class="missing"><h2>Partial run: {len(rows)} unit(s) not done</h2>'
+            + para("The sections below show what is done. Run `./run.sh all` to finish, then `./run.sh report`.")
+            + table(["unit", "state"], rows) + "</section>")  # fmt: skip
+
+
 def tta_panel(tta_report: dict, metric: str) -> tuple[str, dict]:
     """Per model: the policy x merge OOF table of the blend report, the chosen row marked, its gain over one view."""
     out, gains = [], {}

@@ -64,12 +64,13 @@ def test_all_ends_with_the_report_beside_the_submission_with_the_blend_reports_n
     page = page_path.read_text()
     assert not re.search(r'(?:src|href)="(?!data:image/png;base64,|#)', page)  # self-contained: nothing to fetch
     s = sections(page)
-    assert list(s) == SECTIONS
+    assert list(s) == SECTIONS and "This section failed" not in page
     work = tmp / "work" / "tiny-csv"
     (rep_path,) = work.glob("blend/*/*/report.json")
     rep = json.loads(rep_path.read_text())
     (facts_path,) = work.glob("report/*/*/facts.json")
     facts = json.loads(facts_path.read_text())
+    assert "errors" not in facts
     manifest = json.loads(sub.with_suffix(".json").read_text())
 
     # 1. summary: CV, honest CV with its interval, held-out score, the submission's sha256, time per stage
@@ -147,6 +148,7 @@ def test_partial_run_report_shows_what_is_done_and_lists_what_is_not(finished):
     for label in ["train/tiny/seed1/fold0", "predict/tiny/seed1/fold2", f"blend/{name}", f"submit/{name}"]:
         assert re.search(rf"{label}\s*</td><td>(missing|stale)", missing), label
     assert "seed0/fold0" in s["curves"] and "Needs the blend" in s["tta"] and "Needs the blend" in s["shift"]
+    assert "This section failed" not in page
 
 
 def test_report_of_a_run_not_started(tmp):
@@ -156,6 +158,7 @@ def test_report_of_a_run_not_started(tmp):
     page = open(re.search(r"^\[report\] partial report .*: (\S+)$", out, flags=re.M)[1]).read()
     s = sections(page)
     assert list(s) == SECTIONS and "Needs training" in s["curves"] and "Needs predictions" in s["models"]
+    assert "This section failed" not in page
 
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

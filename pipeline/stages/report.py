@@ -24,7 +24,7 @@ from ..config import resolve_path
 from ..executor import log
 from ..metrics import score
 from ..plan import FULL
-from ..store import Unit, atomic_write_json, atomic_write_text, sha256_file
+from ..store import DONE, Unit, atomic_write_json, atomic_write_text, sha256_file
 from ..tta import POLICIES, merge
 
 NAME = "report"
@@ -97,14 +97,9 @@ def summary(r: Run) -> str:
         rows += [["submission", f"the CSV of the same name beside this page; in the work dir: {where}"],
                  ["submission sha256", sha], ["created", m["created"]],
                  ["CV / honest CV of its contents", f"{rp.fmt(m['cv'])} / {rp.fmt(m['honest_cv'])}"]]  # fmt: skip
-    spent = []
-    for stage in READS:
-        if marks := [plan.store.marker(u) for u in r.done[stage]]:
-            span = max(m.get("finished_at", 0) for m in marks) - min(m.get("started_at", 0) for m in marks)
-            spent.append([stage, len(marks), f"{sum(m['seconds'] for m in marks):.1f}", f"{span:.1f}"])
     head = f'<div class="kpis">{"".join(boxes)}</div>' if boxes else r.needs("the blend")
-    spent_header = ["stage", "units done", "unit seconds (sum)", "wall seconds (first start to last end)"]
-    return head + rp.table([], rows, cls="kv") + "<h3>Time spent per stage</h3>" + rp.table(spent_header, spent)
+    spent = rp.time_panel({stage: [plan.store.marker(u) for u in r.done[stage]] for stage in READS})
+    return head + rp.table([], rows, cls="kv") + spent
 
 
 def curves(r: Run) -> str:
@@ -213,10 +208,17 @@ SECTIONS = [
 ]  # fmt: skip
 
 
-def render(r: Run, build, needs_blend: bool) -> str:
+def render(r: Run, sid: str, build, needs_blend: bool) -> str:
+    """A section's HTML; a section that fails says why on the page (and in facts.json) instead of failing the unit,
+    since `all` publishes the submission only after every unit, this one included, is done."""
     if needs_blend and not r.blend:
         return r.needs("the blend")
-    out = build(r)
+    try:
+        out = build(r)
+    except Exception as err:  # noqa: BLE001 - shown on the page and logged, with the unit's name
+        r.facts.setdefault("errors", {})[sid] = f"{type(err).__name__}: {err}"
+        log(NAME, f"WARNING section {sid} failed: {type(err).__name__}: {err}")
+        return rp.para(f"This section failed: {type(err).__name__}: {err}", "note")
     if isinstance(out, tuple):
         r.facts.update(out[1])
         return out[0]
@@ -228,17 +230,15 @@ def missing_box(r: Run) -> str:
         return ""
     by_label = {u.label: u for u in r.plan.units}
     rows = []
-    for label in r.facts["missing"]:
+    for label in r.facts["missing"]:  # as `./run.sh status` says it: missing, stale (and why), partial
         state, why = r.plan.state(by_label[label]) if label in by_label else ("missing", "")
         rows.append([label, f"{state} {why}".strip()])
-    return (f'<section class="missing"><h2>Partial run: {len(rows)} unit(s) not done</h2>'
-            + rp.para("The sections below show what is done. Run `./run.sh all` to finish, then `./run.sh report`.")
-            + rp.table(["unit", "state"], rows) + "</section>")  # fmt: skip
+    return rp.missing_panel(rows)
 
 
 def run(plan, unit: Unit, out: Path) -> dict:
     r = Run(plan, unit)
-    sections = [(sid, title, render(r, build, needs_blend)) for sid, title, build, needs_blend in SECTIONS]
+    sections = [(sid, title, render(r, sid, build, needs_blend)) for sid, title, build, needs_blend in SECTIONS]
     cv = f"CV {r.metric} {rp.fmt(r.facts['cv'])}" if "cv" in r.facts else "no blend yet"
     partial = f"; partial: {len(r.facts['missing'])} unit(s) not done" if r.facts["missing"] else ""
     title = f"{plan.comp.name} / {unit.name}: {cv}"
@@ -273,3 +273,7 @@ def after(plan, units: list[Unit], **_) -> None:
             break
     what = f"partial report ({len(missing)} unit(s) not done)" if missing else "report"
     log(NAME, f"{what}: {dest}")
+    if done["facts"].get("errors"):  # not kept as done: the next run builds it again
+        (plan.store.dir(unit) / DONE).unlink(missing_ok=True)
+        log(NAME, f"WARNING {len(done['facts']['errors'])} section(s) failed (the page says why); the next "
+                  f"`./run.sh report` builds it again")  # fmt: skip
