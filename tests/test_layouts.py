@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -5,20 +7,50 @@ from PIL import Image
 
 from pipeline.config import load_config
 from pipeline.data import DataError, load_competition, read_image
+from pipeline.models import preprocessing
+from pipeline.plan import build_plan
+from pipeline.scheduler import ensure_done
 
-from .conftest import write_config
+from .conftest import NAMES, digits, make_csv_competition, write_config
 
 
 @pytest.mark.parametrize("layout", ["csv", "folders", "pixels"])
-def test_layout_loads(tmp, layout):
+def test_layout_loads_each_row_from_its_own_file(tmp, layout):
+    """The loaded table against the files and the digits they were made from: each train row's pixels and class are
+    those of the digit written for its id, each test id's pixels those of its file, in sample_submission order."""
     comp = load_competition(load_config(write_config(tmp, layout)))
-    assert len(comp.train) == 36 and comp.n_classes == 3
-    assert len(comp.test_ids) == 9 and comp.test_ids.tolist() == comp.sample.iloc[:, 0].tolist()
-    assert (comp.train["y"].to_numpy() == [comp.classes.index(t) for t in comp.train["target"]]).all()
-    if layout == "folders":
-        assert comp.classes == ["one", "two", "zero"]  # string classes from folder names
-    else:
-        assert comp.classes == ["0", "1", "2"]
+    imgs, y, tr, te = digits()
+    root = tmp / f"comp-{layout}"
+    assert len(comp.train) == 36 and comp.n_classes == 3 and len(comp.test_ids) == 9
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    assert comp.test_ids.tolist() == sample.iloc[:, 0].tolist()
+
+    def pixels(split, k):
+        if layout == "pixels":
+            return (comp.train_pixels if split == "train" else comp.test_pixels)[comp.sources(split)[k]]
+        return read_image(comp.sources(split)[k])[..., 0]
+
+    def digit_of(split, k) -> int:  # which digits image the files say row k is
+        if layout == "pixels":
+            return int((tr if split == "train" else te)[k])
+        name = Path(comp.sources(split)[k]).stem
+        return int(name.lstrip("ts"))
+
+    lossy = 40 if layout == "csv" else 0  # the csv layout writes some train images as JPEG
+    for k, id_ in enumerate(comp.train["id"]):
+        i = digit_of("train", k)
+        np.testing.assert_allclose(pixels("train", k), imgs[i], atol=lossy, err_msg=id_)
+        assert comp.classes[comp.train["y"][k]] == (NAMES[int(y[i])] if layout == "folders" else str(y[i]))
+        if layout == "csv":
+            assert Path(comp.sources("train")[k]).stem == id_.rsplit(".", 1)[0]
+        if layout == "folders":
+            assert comp.sources("train")[k] == str(root / "train" / id_)
+    for k, id_ in enumerate(comp.test_ids):
+        np.testing.assert_array_equal(pixels("test", k), imgs[digit_of("test", k)], err_msg=id_)
+        if layout != "pixels":
+            assert Path(comp.sources("test")[k]).name in (id_, f"{id_}.png")
+    assert sorted(digit_of("train", k) for k in range(36)) == sorted(tr.tolist())  # every digit once
+    assert [digit_of("test", k) for k in range(9)] == te.tolist()  # in sample_submission's order
 
 
 def test_csv_ids_with_and_without_extension_and_all_modes(tmp):
@@ -60,3 +92,41 @@ def test_missing_column_is_named(tmp):
 def test_rgba_is_composited_on_white(tmp):
     Image.new("RGBA", (4, 4), (0, 0, 0, 0)).save(tmp / "a.png")
     assert (read_image(str(tmp / "a.png")) == 255).all()
+
+
+@pytest.mark.slow
+def test_16_bit_and_transparent_palette_images_and_groups_through_a_whole_run(tmp):
+    root = make_csv_competition(tmp / "comp-csv", with_groups=True)  # write_config keeps it: groups p0, p0, p1, ...
+    imgs, _, tr, te = digits()
+    wide, clear = tr[1:4], te[:2]  # train PNGs as 16-bit PNGs; test images as palettes with a transparent index
+    expected = {}
+    for i in wide:
+        values = imgs[i].astype(np.uint16) * 4000  # up to 64000 of 65535
+        Image.fromarray(values).save(root / "train" / f"t{i}.png")
+        assert Image.open(root / "train" / f"t{i}.png").mode.startswith("I;16")
+        expected[("train", f"t{i}")] = np.rint(values / values.max() * 255).astype(np.uint8)  # by its own maximum
+    for i in clear:
+        pal = Image.fromarray(imgs[i], "P")
+        pal.putpalette([v for g in range(256) for v in (g, g, g)])
+        pal.save(root / "test" / f"s{i}.png", transparency=0)  # index 0 (the background) is transparent
+        expected[("test", f"s{i}")] = np.where(imgs[i] == 0, 255, imgs[i]).astype(np.uint8)  # on white
+    plan = build_plan(load_config(write_config(tmp, "csv", competition={"group_col": "patient"})))
+    ensure_done(plan, plan.all("submit"))
+
+    spec = plan.cfg.models[0]
+    side = preprocessing(spec)["cache_size"]
+    for split in ("train", "test"):
+        cache = np.load(plan.load(plan.images(split, spec)))
+        ids = [Path(s).stem for s in plan.comp.sources(split)]
+        for (where, id_), gray in expected.items():
+            if where == split:
+                want = np.asarray(Image.fromarray(gray, "L").convert("RGB").resize((side, side), Image.BICUBIC))
+                np.testing.assert_array_equal(cache[ids.index(id_)], want, err_msg=id_)
+    folds = plan.load(plan.one("folds"))
+    groups = plan.comp.train["group"].to_numpy()
+    assert all(len(set(folds[groups == g])) == 1 for g in set(groups))  # no patient in two folds
+    assert len(set(folds)) == 3
+    manifest = plan.load(plan.one("submit"))["manifest"]
+    sub = pd.read_csv(plan.load(plan.one("submit"))["submission"], dtype=str)
+    labels = pd.read_csv(root / "labels.csv", dtype=str).set_index("image_id").loc[sub["image_id"], "digit"]
+    assert manifest["holdout_score"] == pytest.approx((sub["digit"].to_numpy() == labels.to_numpy()).mean())
