@@ -17,6 +17,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.data import DataError, read_image
 from pipeline.plan import build_plan
 from pipeline.store import HOST, DiskFull, require_space
+from pipeline.tta import POLICIES, merge
 
 from .conftest import run_cli, write_config
 
@@ -278,8 +279,8 @@ def test_broken_output_is_reported_and_redone_never_read(tmp):
     assert preds.stat().st_size == size
 
 
-def binary_config(tmp, **competition):
-    cfg = write_config(tmp, "csv", models=TINY, competition={"task": "binary", "metric": "auc", **competition})
+def binary_config(tmp, models=TINY, **competition):
+    cfg = write_config(tmp, "csv", models=models, competition={"task": "binary", "metric": "auc", **competition})
     comp = tmp / "comp-csv"
     keep = lambda d: d[d["digit"] != "2"]  # noqa: E731 - two classes of digits
     for name in ("train.csv", "labels.csv"):
@@ -289,25 +290,72 @@ def binary_config(tmp, **competition):
     return cfg
 
 
+def merged(plan, model: str, policy: str, how: str) -> tuple[np.ndarray, np.ndarray]:
+    """A model's OOF (N, C) and test (n_test, C) probabilities under a TTA policy and merge, from its stored views."""
+    oof, tests = np.zeros((len(plan.comp.train), plan.comp.n_classes)), []
+    for p in plan.all("predict", model=model):
+        d = plan.load(p)
+        idx = [d["views"].index(v) for v in POLICIES[policy]]
+        oof[d["oof_rows"]] = merge(d["oof_probs"][idx], how)
+        tests.append(d["test_probs"][idx])
+    return oof, merge(np.mean(tests, axis=0), how)  # folds averaged per view, then the views merged
+
+
+BINARY_MODELS = [{**TINY[0], "epochs": 4, "frozen_epochs": 0, "patience": 1},
+                 {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
+
+
 @pytest.mark.slow
-def test_binary_auc_submits_probabilities_and_reports_the_files_scores(tmp):
+def test_binary_auc_end_to_end_probabilities_labels_and_the_files_scores(tmp):
+    """A binary competition scored by auc, a fine-tuned model and a head: auc picks each fold's best epoch and stops
+    it, the head's two-class path, the TTA choice and blend on OOF, and the held-out score of what the file holds."""
     from sklearn.metrics import roc_auc_score
 
-    cfg = str(binary_config(tmp))
+    from pipeline.metrics import score
+
+    cfg = str(binary_config(tmp, models=BINARY_MODELS))
     out = run_cli("all", "--config", cfg).stdout
     assert "look like labels, but metric auc scores probabilities" in out
+    plan = build_plan(load_config(cfg))
+    y = plan.comp.train["y"].to_numpy()
+    assert plan.comp.n_classes == 2
+    for u in plan.all("train", model="tiny"):  # auc chose the best epoch, and patience stopped after it
+        m = plan.load(u)["metrics"]
+        best = int(m["auc"].to_numpy().argmax())
+        assert len(m) == min(4, best + 2) and plan.store.marker(u)["scores"]["best_epoch"] == best
+        p = plan.load(plan.one("predict", model="tiny", seed=0, fold=u.meta["fold"]))
+        assert score("auc", y[p["oof_rows"]], p["oof_probs"][0]) == pytest.approx(m["auc"][best])  # its weights
+    for u in plan.all("train", model="tiny-head"):  # the two-class head predicts what its regression scored
+        p = plan.load(plan.one("predict", model="tiny-head", seed=0, fold=u.meta["fold"]))
+        assert score("auc", y[p["oof_rows"]], p["oof_probs"][0]) == pytest.approx(plan.store.marker(u)["scores"]["auc"])
+    blend = plan.load(plan.one("blend"))
+    report = blend["report"]
+    want_oof, want_test = 0, 0
+    for name, t in report["tta"].items():  # every policy's OOF auc as recorded, the best one chosen
+        for row in t["table"]:
+            assert row["auc"] == pytest.approx(score("auc", y, merged(plan, name, row["tta"], row["merge"])[0]))
+        best = max(t["table"], key=lambda r: (r["auc"], -r["logloss"], -len(POLICIES[r["tta"]])))
+        assert t["chosen"] == f"{best['tta']}/{best['merge']}"
+        oof, test = merged(plan, name, best["tta"], best["merge"])
+        want_oof, want_test = want_oof + report["weights"][name] * oof, want_test + report["weights"][name] * test
+    np.testing.assert_allclose(blend["oof_probs"], want_oof / want_oof.sum(1, keepdims=True), atol=1e-6)
+    assert report["oof"] == pytest.approx(score("auc", y, want_oof))
+    want_test /= want_test.sum(1, keepdims=True)
+    np.testing.assert_allclose(blend["test_probs"], want_test, atol=1e-6)
+
     (sub,) = (tmp / "submissions").glob("*.csv")
     manifest = json.loads(sub.with_suffix(".json").read_text())
     got = pd.read_csv(sub)
     truth = pd.read_csv(tmp / "comp-csv" / "labels.csv").set_index("image_id").loc[got["image_id"], "digit"]
-    assert manifest["format"] == "probability" and got["digit"].between(0, 1).all() and got["digit"].nunique() > 2
-    assert manifest["holdout_score"] == pytest.approx(roc_auc_score(truth.to_numpy(), got["digit"]))
+    assert manifest["format"] == "probability" and got["digit"].nunique() > 2
+    np.testing.assert_allclose(got["digit"], want_test[:, 1], atol=1e-6)  # the positive class's probability
+    assert manifest["holdout_score"] == pytest.approx(roc_auc_score(truth.to_numpy(), want_test[:, 1]))
     label_run = run_cli("all", "--config", cfg, "--set", "competition.submit_format=label").stdout
     assert "[train] run" not in label_run  # only submit changes
     newest = max((tmp / "submissions").glob("*.json"), key=lambda p: p.stat().st_mtime)
     labelled = json.loads(newest.read_text())
     written = pd.read_csv(newest.with_suffix(".csv"))
-    assert labelled["format"] == "label" and set(written["digit"]) <= {0, 1}
+    assert labelled["format"] == "label" and written["digit"].tolist() == want_test.argmax(1).tolist()
     # the reported held-out AUC is the AUC of the hard labels in the file, not of the probabilities
     assert labelled["holdout_score"] == pytest.approx(roc_auc_score(truth.to_numpy(), written["digit"]))
 
