@@ -78,15 +78,23 @@ def test_refit_trains_full_data_units_and_their_test_predictions_are_submitted(t
               {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
     cfg = str(write_config(tmp, "csv", models=models))
     run_cli("all", "--config", cfg)
+    work = tmp / "work" / "tiny-csv"
+    (before,) = work.glob("blend/blend/*/blend.npz")
     refit = run_cli("all", "--config", cfg, "--set", "train.refit=true").stdout
     # turning refit on trains one full-data unit per model and seed; the fold models are kept
     assert sorted(ran(refit, "train")) == ["tiny-head/seed0/full", "tiny/seed0/full"]
     assert sorted(ran(refit, "predict")) == ["tiny-head/seed0/full", "tiny/seed0/full"]
     assert refit.count("test from full-data refit") == 2
 
-    work = tmp / "work" / "tiny-csv"
     newest = max(work.glob("blend/blend/*/blend.npz"), key=lambda p: p.stat().st_mtime)
     report = json.loads((newest.parent / "report.json").read_text())
+    # OOF, weights and CV still come from the fold models: all as they were without refit
+    old = json.loads((before.parent / "report.json").read_text())
+    for k in ("weights", "fold_weights", "single", "oof", "honest_cv", "best_single"):
+        assert report[k] == old[k], k
+    assert {m: t["chosen"] for m, t in report["tta"].items()} == {m: t["chosen"] for m, t in old["tta"].items()}
+    for k in ("oof_probs", "honest_probs"):
+        np.testing.assert_array_equal(np.load(newest)[k], np.load(before)[k])
     expected = 0
     for name in ("tiny", "tiny-head"):
         (full,) = work.glob(f"predict/{name}/seed0/full/*/preds.npz")
