@@ -8,6 +8,8 @@ import time
 
 from .config import ConfigError, load_config
 
+STARTED = time.time()  # a time budget counts from here, before torch loads
+
 
 def main(argv: list[str] | None = None) -> int:
     from .stages import STAGES
@@ -19,10 +21,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--force", action="store_true", help="redo the named stage's units")
     parser.add_argument("--kaggle", metavar="COMPETITION", help="submit: also upload with the Kaggle CLI")
+    parser.add_argument("--budget", metavar="TIME", help="all: the best recipe that fits this wall time (10m, 90s)")
+    parser.add_argument("--preset", choices=["fast", "medium", "best", "auto"], help="a recipe from the ladder")
     args = parser.parse_args(argv)
 
+    extra = [f"runtime.budget={args.budget}"] if args.budget else []
+    extra += [f"preset={args.preset}"] if args.preset else []
     try:
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set + extra)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
@@ -45,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[data] note: {note}", flush=True)
         if args.command == "status":
             return status(plan)
-        run_stages(plan, stages if args.command == "all" else [args.command],
-                   force=args.force and args.command != "all", kaggle=args.kaggle)  # fmt: skip
+        if cfg.runtime.budget and args.command == "all":
+            from .budget import run_budget
+
+            run_budget(cfg, STARTED, kaggle=args.kaggle)
+        else:
+            run_stages(plan, stages if args.command == "all" else [args.command],
+                       force=args.force and args.command != "all", kaggle=args.kaggle)  # fmt: skip
     except (MissingInput, UnitFailed, ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -54,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted; run the same command again to resume (finished units are kept, a training resumes "
               "at its last finished epoch)", file=sys.stderr)  # fmt: skip
         return 130
-    print(f"[{args.command}] finished in {time.time() - t0:.1f}s", flush=True)
+    print(f"[{args.command}] finished in {time.time() - t0:.1f}s ({time.time() - STARTED:.1f}s since start)",
+          flush=True)  # fmt: skip
     return 0
 
 

@@ -115,6 +115,7 @@ class Blend:
 @dataclass
 class Submit:
     name: str = "blend"
+    left_out: list[str] = field(default_factory=list)  # set by the budget planner: models that did not finish
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Runtime:
     workers: int = 0  # processes: 0 = one per visible GPU, else min(cores, 4) on CPU
     threads: int = 0  # torch threads per unit; 0 = the executor's share of the cores (same threads, same bits)
     claim_timeout: float = 120.0  # seconds without a heartbeat after which another host's claim is dead
+    budget: str | None = None  # e.g. 10m, 90s, 2h: plan the best recipe that fits this wall time (budget.py)
 
 
 @dataclass
@@ -148,6 +150,9 @@ class Config:
     blend: Blend = field(default_factory=Blend)
     submit: Submit = field(default_factory=Submit)
     runtime: Runtime = field(default_factory=Runtime)
+    # fast | medium | best: a recipe from configs/presets/ladder.yaml (a prefix of its models); auto: as much of the
+    # ladder as runtime.budget buys. A config without `models` gets medium (auto with a budget).
+    preset: str | None = None
     source: str = ""  # the file this config was read from
 
     @property
@@ -187,7 +192,9 @@ CHOICES = {
     "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.merge": {"mean", "gmean"},
     "runtime.executor": {"auto", "local", "processes", "ray"},
+    "preset": {None, "fast", "medium", "best", "auto"},
 }
+PRESETS = REPO / "configs" / "presets" / "ladder.yaml"
 
 
 # (low, high, low inclusive, high inclusive); None = unbounded. Keys of models use the field name after "models.".
@@ -392,7 +399,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(f"config file {path}: expected a mapping at the top level")
     for assignment in overrides or []:
         apply_override(raw, assignment)
-    raw = dict(raw)
+    raw = with_preset(dict(raw), path)
     train_defaults = raw.pop("train", {}) or {}
     unknown = sorted(set(train_defaults) - set(TRAIN_KEYS))
     if unknown:
@@ -402,7 +409,44 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg.train = train_defaults
     cfg.models = _model_specs(raw_models, train_defaults, path.parent)
     cfg.source = str(path)
+    parse_duration(cfg.runtime.budget)  # refused now, not after the work
     return cfg
+
+
+def parse_duration(text: str | None, key: str = "runtime.budget") -> float | None:
+    """'10m', '90s', '1h30m', '600' (seconds) -> seconds."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", str(text))
+    if not m or not any(m.groups()):
+        raise ConfigError(f"config key '{key}': {text!r} is not a duration; write e.g. 10m, 90s, 1h30m")
+    h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+    seconds = h * 3600 + mi * 60 + se
+    if seconds <= 0:
+        raise ConfigError(f"config key '{key}': {text!r} is not a positive duration")
+    return seconds
+
+
+def with_preset(raw: dict, path: Path) -> dict:
+    """Merge a preset under the config: its sections are defaults the config's own sections override (a config's
+    models replace the preset's). Without models and preset, a config gets `medium` (`auto` with a budget)."""
+    preset = raw.get("preset")
+    if preset is None and "models" not in raw:
+        preset = "auto" if (raw.get("runtime") or {}).get("budget") else "medium"
+    if preset is None:
+        return raw
+    if preset not in CHOICES["preset"]:
+        raise ConfigError(f"config key 'preset': {preset!r} is not one of fast, medium, best, auto")
+    ladder = yaml.safe_load(PRESETS.read_text())
+    base = {k: v for k, v in ladder.items() if k not in ("sizes", "models")}
+    models = ladder["models"] if preset in ("best", "auto") else ladder["models"][: ladder["sizes"][preset]]
+    merged = {**base, **{k: v for k, v in raw.items() if k not in base}}
+    for k, v in base.items():
+        if k in raw:
+            merged[k] = {**v, **raw[k]} if isinstance(v, dict) and isinstance(raw[k], dict) else raw[k]
+    merged.setdefault("models", models)
+    merged["preset"] = preset
+    return merged
 
 
 def model_params(spec: ModelSpec) -> dict:

@@ -24,6 +24,10 @@ from .store import HOST, Unit, atomic_write_json
 LOG = "log.txt"
 
 
+class BudgetStop(Exception):
+    """A unit stopped at a safe point because the run's time budget ends before its next step; it stays partial."""
+
+
 class UnitFailed(RuntimeError):
     """A unit raised; the message names it, says what went wrong and where its log is."""
 
@@ -80,8 +84,9 @@ def _unit_log(path, echo: bool):
             _current = prev
 
 
-def execute(plan: Plan, key: str, force: bool = False, echo: bool = True) -> dict:
-    """Run the unit with this key unless it is done or claimed. Returns {"state": done | skip | busy | error, ...}."""
+def execute(plan: Plan, key: str, force: bool = False, echo: bool = True, deadline: float | None = None) -> dict:
+    """Run the unit with this key unless it is done or claimed. Returns {"state": done | skip | busy | stopped |
+    error, ...}. A training checks `deadline` (epoch seconds) at every epoch's end."""
     from .stages import STAGES
 
     store, unit = plan.store, plan.by_key[key]
@@ -101,6 +106,7 @@ def execute(plan: Plan, key: str, force: bool = False, echo: bool = True) -> dic
         started = time.time()
         if force:
             plan.forced.add(key)
+        plan.deadline = deadline
         try:
             store.begin(unit, plan.cfg.to_dict())
             result = stage.run(plan, unit, out)
@@ -108,6 +114,9 @@ def execute(plan: Plan, key: str, force: bool = False, echo: bool = True) -> dic
             marker = store.finish(unit, started, **result)
             for name in cleanup:  # scratch state (e.g. resume.pt) is dropped only once the unit is marked done
                 (out / name).unlink(missing_ok=True)
+        except BudgetStop as stop:
+            print(f"== stopped: {stop}", file=cur.file, flush=True)
+            return {"state": "stopped", "message": str(stop), "lines": cur.lines}
         except Exception as err:  # noqa: BLE001 - reported to the scheduler with the unit's name
             traceback.print_exc(file=cur.file)
             cur.file.flush()
@@ -115,6 +124,7 @@ def execute(plan: Plan, key: str, force: bool = False, echo: bool = True) -> dic
                     "log": str(out / LOG), "lines": cur.lines}  # fmt: skip
         finally:
             plan.forced.discard(key)
+            plan.deadline = None
         print(f"== done in {marker['seconds']:.1f}s {format_scores(marker['scores'])}", file=cur.file, flush=True)
         return {"state": "done", "verb": verb, "marker": marker, "lines": cur.lines, "host": HOST, "pid": os.getpid()}
 
@@ -165,8 +175,8 @@ class LocalExecutor:
         self.plan, self.capacity, self._results = plan, 1, []
         set_threads(plan.cfg.runtime.threads)
 
-    def submit(self, unit: Unit, force: bool) -> None:
-        self._results.append((unit.key, execute(self.plan, unit.key, force, echo=True)))
+    def submit(self, unit: Unit, force: bool, deadline: float | None = None) -> None:
+        self._results.append((unit.key, execute(self.plan, unit.key, force, echo=True, deadline=deadline)))
 
     def wait(self, timeout: float | None) -> list[tuple[str, dict]]:
         out, self._results = self._results, []

@@ -32,6 +32,7 @@ class Plan:
     by_key: dict[str, Unit] = field(default_factory=dict)
     deps: dict[str, list[str]] = field(default_factory=dict)  # unit key -> keys of the units it reads
     forced: set[str] = field(default_factory=set)  # keys redone by --force in this run (folds may then republish)
+    deadline: float | None = None  # epoch seconds by which the unit in progress must stop (a time budget)
     _fingerprints: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self, split: str) -> str:

@@ -47,11 +47,11 @@ def worker_main(conn, cfg_dict: dict, digest: str, env: dict, ppid: int, start_m
             return
         if msg is None:
             return
-        key, force = msg
+        key, force, deadline = msg
         if plan is None:
             conn.send({"state": "error", "message": init_error, "error": "RuntimeError"})
             continue
-        conn.send(execute(plan, key, force, echo=False))
+        conn.send(execute(plan, key, force, echo=False, deadline=deadline))
 
 
 class _Worker:
@@ -93,10 +93,10 @@ class ProcessesExecutor:
         self._args = (plan.cfg.to_dict(), plan.digest)
         self.workers = [_Worker(self._ctx, *self._args, env) for env in self.envs]
 
-    def submit(self, unit, force: bool) -> None:
+    def submit(self, unit, force: bool, deadline: float | None = None) -> None:
         w = next(w for w in self.workers if w.key is None)
         w.key = unit.key
-        w.conn.send((unit.key, force))
+        w.conn.send((unit.key, force, deadline))
 
     def wait(self, timeout: float | None) -> list[tuple[str, dict]]:
         busy = [w for w in self.workers if w.key is not None]

@@ -17,7 +17,7 @@ from .config import REPO
 RETRIES = 3
 
 
-def run_task(cfg_dict: dict, digest: str, key: str, force: bool, cpus: int, threads: int) -> dict:
+def run_task(cfg_dict: dict, digest: str, key: str, force: bool, cpus: int, threads: int, deadline=None) -> dict:
     os.environ["PIPELINE_CPUS"] = str(cpus)
     from .executor import execute, plan_for, set_threads
 
@@ -26,7 +26,7 @@ def run_task(cfg_dict: dict, digest: str, key: str, force: bool, cpus: int, thre
         plan = plan_for(cfg_dict, digest)
     except Exception as err:  # noqa: BLE001 - reported as this unit's failure, naming the host
         return {"state": "error", "message": str(err), "error": type(err).__name__}
-    return execute(plan, key, force, echo=False)
+    return execute(plan, key, force, echo=False, deadline=deadline)
 
 
 class RayExecutor:
@@ -53,9 +53,9 @@ class RayExecutor:
         self._task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(run_task)
         self._refs: dict = {}
 
-    def submit(self, unit, force: bool) -> None:
+    def submit(self, unit, force: bool, deadline: float | None = None) -> None:
         opts = {"num_cpus": self.cpus, "num_gpus": 1 if unit.gpu and self.gpus else 0, "name": unit.label}
-        ref = self._task.options(**opts).remote(*self._args, unit.key, force, self.cpus, self.threads)
+        ref = self._task.options(**opts).remote(*self._args, unit.key, force, self.cpus, self.threads, deadline)
         self._refs[ref] = unit.key
 
     def wait(self, timeout: float | None) -> list[tuple[str, dict]]:

@@ -76,9 +76,11 @@ def _force(plan: Plan, units: list[Unit]) -> None:
             (d / partial).unlink(missing_ok=True)
 
 
-def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=None) -> None:
-    """Bring every target to done (their dependencies must be among them or done). Raises UnitFailed after the
-    units in flight have finished, if any unit failed."""
+def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=None, deadline: float | None = None,
+              estimates: dict[str, float] | None = None) -> None:  # fmt: skip
+    """Bring every target to done (their dependencies must be among them or done), sent in the order given. Raises
+    UnitFailed after the units in flight have finished, if any unit failed. With a deadline (a time budget) a unit
+    whose estimated seconds no longer fit is left out, with what needs it, and a training stops at an epoch's end."""
     from .stages import STAGES
 
     store, timeout = plan.store, plan.cfg.runtime.claim_timeout
@@ -107,6 +109,8 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
                     pending.remove(u)
                     log(u.stage, f"skip   {u.name} (done)")
                     continue
+                if deadline is not None and _left_out(plan, u, pending, deadline, estimates or {}):
+                    continue
                 if not all(d in done for d in plan.deps[u.key]):
                     continue
                 owner = claims.live_owner(store.dir(u), timeout)
@@ -122,7 +126,7 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
                 log(u.stage, f"{verb} {u.name}")
                 pending.remove(u)
                 running[u.key] = u
-                lazy.ex.submit(u, u.key in forced)
+                lazy.ex.submit(u, u.key in forced, deadline)
                 dispatched = True
             if failures:
                 pending.clear()
@@ -143,6 +147,21 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
         raise UnitFailed(failures[0] + (f" (and {len(failures) - 1} more failed units)" if len(failures) > 1 else ""))
 
 
+def _left_out(plan: Plan, u: Unit, pending: list, deadline: float, estimates: dict) -> bool:
+    """Drop a pending unit (and every pending unit that reads it) when it cannot finish before the deadline."""
+    need = estimates.get(u.key, 0.0)
+    if time.time() + need <= deadline:
+        return False
+    gone = {u.key}
+    for v in list(pending):
+        if v.key in gone or any(d in gone for d in plan.deps[v.key]):
+            gone.add(v.key)
+            pending.remove(v)
+    log(u.stage, f"left   {u.name}: expected {need:.0f}s, {max(0.0, deadline - time.time()):.0f}s of the budget left"
+                 + (f" ({len(gone) - 1} later unit(s) need it)" if len(gone) > 1 else ""))  # fmt: skip
+    return True
+
+
 def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deaths: dict, failures: list) -> None:
     state = res["state"]
     if not echo:  # a worker's lines come back with its result
@@ -159,6 +178,8 @@ def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deat
     elif state == "skip":
         done.add(u.key)
         log(u.stage, f"skip   {u.name} (done)")
+    elif state == "stopped":  # a time budget ended: it stays partial and resumes in a later run
+        log(u.stage, f"paused {u.name}: {res.get('message')}")
     elif state == "busy":
         pending.insert(0, u)
         log(u.stage, f"wait   {u.name} (running: {res['owner']})")

@@ -14,6 +14,6 @@ A stage imports the core only; stages meet through the artifacts their loaders r
 dependency order: adding a stage is one module and one line here.
 """
 
-from . import blend, features, folds, images, predict, report, submit, train
+from . import blend, features, folds, images, predict, probe, report, submit, train
 
-STAGES = {m.NAME: m for m in (images, folds, features, train, predict, blend, submit, report)}
+STAGES = {m.NAME: m for m in (probe, images, folds, features, train, predict, blend, submit, report)}

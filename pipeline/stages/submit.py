@@ -50,6 +50,8 @@ def holdout_score(plan, probs: np.ndarray) -> float | None:
 def units(plan) -> list[Unit]:
     c, blend = plan.cfg.competition, plan.one("blend")
     params = {"name": plan.cfg.submit.name, "format": c.submit_format, "task": c.task}
+    if plan.cfg.submit.left_out:  # only then: the keys of every run without a budget stay as they were
+        params["left_out"] = plan.cfg.submit.left_out
     return [Unit(NAME, plan.cfg.submit.name, params, {"blend": blend.key, **plan.tables}, VERSION)]
 
 
@@ -74,7 +76,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
         "models": report["models"], "weights": report["weights"], "per_model_cv": report["single"],
         "tta": {m: t["chosen"] for m, t in report["tta"].items()}, "blend_method": report["method"],
         "config_hash": stable_hash(cfg.to_dict()), "config_file": cfg.source, "unit_key": unit.key,
-        "holdout_score": held,
+        "holdout_score": held, "left_out": cfg.submit.left_out,
         "packages": {p: _version(p) for p in PACKAGES}, "created": pd.Timestamp.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     atomic_write_json(out / "manifest.json", manifest)
@@ -101,6 +103,8 @@ def after(plan, units: list[Unit], kaggle: str | None = None, **_) -> None:
         atomic_write_json(dest.with_suffix(".json"), {**manifest, "file": dest.name})
     log(NAME, f"submission: {dest} ({manifest['format']}s; CV {c.metric} {manifest['cv']:.4f}, honest "
               f"{manifest['honest_cv']:.4f}, of the file's contents)")  # fmt: skip
+    if manifest.get("left_out"):
+        log(NAME, f"left out of this submission (the time budget ran out): {manifest['left_out']}")
     if manifest["holdout_score"] is not None:
         log(NAME, f"held-out test {c.metric}: {manifest['holdout_score']:.4f} ({len(plan.comp.test_ids)} images)")
     if kaggle:

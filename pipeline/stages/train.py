@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from ..augment import train_transform
 from ..config import model_params
 from ..data import ImageDataset
-from ..executor import log
+from ..executor import BudgetStop, log
 from ..metrics import better, score, selection_metric
 from ..models import preprocessing, weights_id
 from ..plan import FULL
@@ -211,6 +211,7 @@ def train_finetune(plan, unit: Unit, out: Path) -> dict:
         resume(s, out / PARTIAL)
     spec = s.spec
     for epoch in range(s.start, spec.epochs):
+        t_epoch = time.time()
         row = train_one_epoch(s, epoch)
         eval_model = s.ema.module if s.ema is not None else s.model
         val = evaluate(s, eval_model)
@@ -224,6 +225,9 @@ def train_finetune(plan, unit: Unit, out: Path) -> dict:
         save_state(s, out, epoch)
         if spec.patience and val is not None and epoch - s.best_epoch >= spec.patience:
             break
+        if plan.deadline and epoch + 1 < spec.epochs and time.time() + (time.time() - t_epoch) > plan.deadline:
+            raise BudgetStop(f"after epoch {epoch + 1} of {spec.epochs}: another would pass the time budget; a run "
+                             f"with more time resumes it here")  # fmt: skip
     return {
         "outputs": ["model.safetensors", "metrics.csv"],
         "scores": {s.metric: s.best, "best_epoch": s.best_epoch},

@@ -1,0 +1,116 @@
+"""probe: how fast this machine runs this competition's candidate models (with a budget only).
+
+For every distinct (backbone, input size, feature levels) of the config's models it times a few eval batches, and
+for every fine-tuned one a few training steps (forward, backward, AdamW), on tensors of the model's input size;
+and it times decoding and resizing this competition's first images. The budget planner turns these rates into the
+expected seconds of every unit. Cached like any unit: its key holds the candidates and what identifies the machine
+(processor, torch threads, device), so a second run on the same machine reuses it.
+
+Output `probe.json`: {"decode_s": seconds per image, "setup_s": {candidate: seconds to build the model and run a
+first batch}, "eval": {candidate: images/s}, "train": {candidate: images/s}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from ..data import _load_resized
+from ..runtime import amp_context, pick_device, prepare_model
+from ..store import Unit, atomic_write_json
+
+NAME = "probe"
+VERSION = 1
+PARTIAL = None
+IMPLICIT = True
+EVAL_BATCH, STEPS = 64, 3
+
+
+def candidate(spec, train: bool = False) -> str:
+    levels = "" if spec.feature_levels is None or train else f"-L{'.'.join(map(str, spec.feature_levels))}"
+    return f"{spec.backbone}@{spec.img_size}{levels}" + (f"-b{spec.batch_size}" if train else "")
+
+
+def machine(rt) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()  # fmt: skip
+    gpu = torch.cuda.get_device_name(0) if pick_device(rt).type == "cuda" else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def units(plan) -> list[Unit]:
+    if plan.cfg.runtime.budget is None:
+        return []
+    specs = {candidate(s): s for s in plan.cfg.models}
+    train = {candidate(s, True): s for s in plan.cfg.models if s.kind != "head"}
+    params = {"eval": sorted(specs), "train": sorted(train), "machine": machine(plan.cfg.runtime)}
+    return [Unit(NAME, "machine", params, {"pixels": plan.fingerprint("train")}, VERSION)]
+
+
+def _timed(fn, device) -> float:
+    """Seconds per call of fn after one warm-up call, over STEPS calls."""
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(STEPS):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / STEPS
+
+
+def run(plan, unit: Unit, out: Path) -> dict:
+    from ..models import embed
+
+    cfg, rt = plan.cfg, plan.cfg.runtime
+    result = {"eval": {}, "train": {}, "setup_s": {}}
+    sources = plan.comp.sources("train")[:32]
+    t0 = time.perf_counter()
+    for s in sources:
+        _load_resized(s, plan.comp.train_pixels, 64, "bicubic")
+    result["decode_s"] = (time.perf_counter() - t0) / max(1, len(sources))
+    for spec in cfg.models:
+        key, tkey = candidate(spec), candidate(spec, True)
+        if key in result["eval"] and (spec.kind == "head" or tkey in result["train"]):
+            continue
+        t_setup = time.perf_counter()
+        device, model, _ = prepare_model(spec, rt, plan.comp.n_classes, seed=0)
+        x = torch.randn(EVAL_BATCH, 3, spec.img_size, spec.img_size, device=device)
+        if rt.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        model.eval()
+
+        @torch.no_grad()
+        def forward(model=model, x=x, spec=spec, device=device):
+            with amp_context(device, rt.amp):
+                embed(model, x, spec.feature_levels) if spec.kind == "head" else model(x)
+
+        forward()
+        result["setup_s"][key] = time.perf_counter() - t_setup
+        result["eval"][key] = EVAL_BATCH / _timed(forward, device)
+        if spec.kind != "head":
+            xb = x[: spec.batch_size]
+            y = torch.randint(0, plan.comp.n_classes, (len(xb),)).to(device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            model.train()
+
+            def step(model=model, xb=xb, y=y, opt=opt, device=device):
+                with amp_context(device, rt.amp):
+                    loss = torch.nn.functional.cross_entropy(model(xb).float(), y)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+            result["train"][tkey] = len(xb) / _timed(step, device)
+    atomic_write_json(out / "probe.json", result)
+    return {"outputs": ["probe.json"], "scores": {"candidates": len(result["eval"])}}
+
+
+def load(plan, unit: Unit) -> dict:
+    return json.loads((plan.store.dir(unit) / "probe.json").read_text())
