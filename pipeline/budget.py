@@ -2,9 +2,9 @@
 
 1. Measure: the `probe` unit times this machine on this competition's candidate models (cached: a second run on
    the same machine reuses it).
-2. Plan: the models of the config (a preset's ladder, best value per second first) are taken in order while the
-   expected seconds of the units not yet done fit the budget left, less a reserve for blend, submit and report.
-   Taking a prefix (never changing a model's settings) is what lets a later run with more time reuse every unit.
+2. Plan: the models of the config (a preset's ladder, best value per second first) are taken in order when the
+   expected seconds of their units not yet done fit the budget left, less a reserve for blend, submit and report.
+   Models are only ever added or left out, never changed, which lets a later run with more time reuse every unit.
 3. Run the chosen models' units most valuable first (one model complete before the next starts, so that whatever
    the clock does there is a blendable set). A unit whose expected time no longer fits is left out; a training
    stops at an epoch boundary when another epoch would pass the deadline (it stays resumable).
@@ -67,8 +67,9 @@ def _model_units(plan: Plan, name: str) -> list:
 
 
 def choose(plan: Plan, rates: dict, seconds_left: float) -> tuple[list[str], dict[str, float]]:
-    """The longest prefix of the config's models whose not-done units are expected to fit; and each model's
-    expected seconds (0 for what is done)."""
+    """The config's models in order, each taken when its not-done units are expected to fit in what is left (a model
+    that does not fit is passed over, and a cheaper one after it may still be taken); and each model's expected
+    seconds (0 for what is done). More time only adds models: what an earlier run finished costs nothing."""
     seen: set[str] = set()
     chosen, costs, total = [], {}, 0.0
     for spec in plan.cfg.models:
@@ -78,10 +79,9 @@ def choose(plan: Plan, rates: dict, seconds_left: float) -> tuple[list[str], dic
                 cost += estimate(plan, u, rates)
             seen.add(u.key)
         costs[spec.name] = cost
-        if total + cost > seconds_left:
-            break
-        chosen.append(spec.name)
-        total += cost
+        if total + cost <= seconds_left:
+            chosen.append(spec.name)
+            total += cost
     return chosen, costs
 
 

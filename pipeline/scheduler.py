@@ -261,7 +261,7 @@ def status(plan: Plan) -> int:
     counts: dict[str, int] = {}
     for unit in plan.units:
         owner = claims.live_owner(plan.store.dir(unit), plan.cfg.runtime.claim_timeout)
-        if owner and plan.store._read_marker(unit) is None:
+        if owner and plan.store.read_marker(unit) is None:
             state, reason = "running", f"({owner.get('host')}, pid {owner.get('pid')})"
         else:
             state, reason = plan.store.status(unit, STAGES[unit.stage].PARTIAL)

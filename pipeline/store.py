@@ -186,7 +186,7 @@ class Store:
             raise ValueError(f"unit {unit.label} would write outside the work dir {self.root}")
         return d
 
-    def _read_marker(self, unit: Unit) -> dict | None:
+    def read_marker(self, unit: Unit) -> dict | None:
         try:
             m = json.loads((self.dir(unit) / DONE).read_text())
         except (OSError, ValueError):
@@ -196,7 +196,7 @@ class Store:
     def broken(self, unit: Unit, marker: dict | None = None, checksums: bool = False) -> str | None:
         """Why a done unit's outputs no longer are what its marker recorded (None when they are): a missing file,
         another size, or (checksums) other first and last bytes."""
-        marker = marker or self._read_marker(unit)
+        marker = marker or self.read_marker(unit)
         for name, want in (marker or {}).get("files", {}).items():
             path = self.dir(unit) / name
             if not path.is_file():
@@ -210,7 +210,7 @@ class Store:
 
     def is_done(self, unit: Unit) -> bool:
         """A marker with this key, and every output it records present at its recorded size."""
-        marker = self._read_marker(unit)
+        marker = self.read_marker(unit)
         return marker is not None and self.broken(unit, marker) is None
 
     def verify(self, unit: Unit) -> None:
@@ -263,7 +263,7 @@ class Store:
 
     def status(self, unit: Unit, partial_file: str | None = None) -> tuple[str, str]:
         """Return (state, reason): done | broken | partial | stale | missing."""
-        marker = self._read_marker(unit)
+        marker = self.read_marker(unit)
         if marker is not None:
             reason = self.broken(unit, marker, checksums=True)
             return ("broken", f"{reason}; it will be redone") if reason else ("done", "")
