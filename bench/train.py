@@ -128,6 +128,10 @@ def main() -> None:
         p.add_argument("--epochs", type=int, default=3, help="timed rounds: one epoch of each rung and of the stage")
 
     args, cfg, spec = parse(__doc__, extra)
+    if not args.model:  # the first fine-tuned model (presets start with heads on features)
+        spec = next((m for m in cfg.models if m.kind != "head"), spec)
+    if spec.kind == "head":
+        raise SystemExit(f"bench train: model {spec.name} is a head on features; name a fine-tuned one with --model")
     spec.epochs, spec.frozen_epochs, spec.patience = args.epochs + 1, 0, 0  # + the untimed warm-up epoch
     cfg.models = [spec]
     spec.seeds = spec.seeds[:1]

@@ -56,6 +56,8 @@ def main() -> None:
         p.add_argument("--max-batch", type=int, default=None, help="images per forward (default: per device)")
 
     args, cfg, spec = parse(__doc__, extra)
+    if not args.model:  # the first fine-tuned model (presets start with heads on features)
+        spec = next((m for m in cfg.models if m.kind != "head"), spec)
     plan = build_plan(cfg)
     prep = preprocessing(spec)
     ensure_done(plan, [plan.images("train", spec)])
