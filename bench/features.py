@@ -40,7 +40,7 @@ def bare_loop(plan, spec) -> float:
     for i in range(0, len(x_all), bs):
         x = norm(x_all[i : i + bs, off : off + spec.img_size, off : off + spec.img_size])
         with amp_context(device, rt.amp):
-            embed(model, x, spec.feature_levels)
+            embed(model, x, spec.feature_levels, spec.feature_grid)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return len(x_all) / (time.perf_counter() - t0)

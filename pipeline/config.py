@@ -88,6 +88,9 @@ class ModelSpec:
     # backbone (model.feature_info: 0 = the stride-2 level ... -1 = the deepest), each globally average-pooled,
     # concatenated. Mid levels transfer better than the last when the task is far from ImageNet classes.
     feature_levels: list[int] | None = None
+    # head kind: each pooled level (or the last feature map) averaged over a grid x grid layout of the image instead
+    # of the whole image, concatenated: 1 is global pooling; 2 keeps where things are (orientation, layout, digits)
+    feature_grid: int = 1
     compile: bool = False
     refit: bool = False  # also train one model per seed on every train row; its test predictions replace the folds'
 
@@ -220,6 +223,7 @@ RANGES: dict[str, tuple] = {
     "models.patience": (0, None, True, True),
     "models.drop_rate": (0.0, 1.0, True, False),
     "models.head_c": (0.0, None, False, True),
+    "models.feature_grid": (1, 8, True, True),
     "models.seeds": (0, 2**31 - 1, True, True),
     "predict.batch_size": (1, None, True, True),
     "blend.bootstrap": (0, None, True, True),
@@ -376,6 +380,9 @@ def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[
             raise ConfigError(f"config key 'models[{i}].kind': {spec.kind!r} is not one of finetune, head")
         if not spec.seeds:
             raise ConfigError(f"config key 'models[{i}].seeds': give at least one seed")
+        if spec.feature_grid != 1 and spec.kind != "head":
+            raise ConfigError(f"config key 'models[{i}].feature_grid': for kind: head only (got {spec.feature_grid} "
+                              f"on kind {spec.kind})")  # fmt: skip
         if spec.feature_levels is not None and (spec.kind != "head" or not spec.feature_levels):
             raise ConfigError(f"config key 'models[{i}].feature_levels': a non-empty list of feature levels, for "
                               f"kind: head only (got {spec.feature_levels!r} on kind {spec.kind})")  # fmt: skip
@@ -457,4 +464,6 @@ def model_params(spec: ModelSpec) -> dict:
         d.pop(k)
     if d["feature_levels"] is None:
         d.pop("feature_levels")
+    if d["feature_grid"] == 1:  # unset: the keys models had before the option existed
+        d.pop("feature_grid")
     return d

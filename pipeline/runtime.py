@@ -133,6 +133,7 @@ def run_views(
     amp: bool,
     features: bool = False,
     levels: list[int] | None = None,
+    grid: int = 1,
     desc: str = "",
     show: bool = False,
     max_batch: int | None = None,
@@ -158,7 +159,7 @@ def run_views(
         for part in parts:
             part = part.contiguous(memory_format=torch.channels_last if norm.channels_last else torch.contiguous_format)
             with amp_context(device, amp):
-                y = embed(model, part, levels) if features else model(part)
+                y = embed(model, part, levels, grid) if features else model(part)
             y = y.float()
             chunks.append(y if features else torch.softmax(y, dim=1))
         y = torch.cat(chunks).view(len(views), len(idx), -1)

@@ -54,3 +54,32 @@ def test_bad_feature_levels_name_the_model_and_the_range(tmp):
         ensure_done(plan, plan.all("features"))
     with pytest.raises(ConfigError, match=r"models\[0\]\.feature_levels'.*kind: head only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_levels=[1]), "kind": "finetune"}]))
+
+
+def test_feature_grid_keeps_where_things_are(tmp):
+    models = [head(feature_levels=LEVELS, feature_grid=2), head(name="global", feature_levels=LEVELS)]
+    plan = build_plan(load_config(write_config(tmp, "csv", models=models)))
+    assert plan.one("features", model="global").params.get("grid") is None  # grid 1: the key it had before
+    ensure_done(plan, plan.all("features"))
+    spec = plan.cfg.models[0]
+    torch.manual_seed(0)
+    model = create_model(spec, plan.comp.n_classes).eval()
+    stored = plan.load(plan.one("features", model="mid"))
+    channels = [f["num_chs"] for f in model.feature_info]
+    assert stored["train"].shape == (2, len(plan.comp.train), 4 * (channels[1] + channels[-1]))
+    prep = preprocessing(spec)
+    images = np.load(plan.load(plan.images("train", spec)))
+    off = (prep["cache_size"] - spec.img_size) // 2
+    mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
+    x = torch.from_numpy(images[3, off : off + spec.img_size, off : off + spec.img_size].copy()).permute(2, 0, 1)
+    x = ((x.float() - mean) / std)[None]
+    with torch.no_grad():
+        inter = model.forward_intermediates(x, indices=LEVELS, intermediates_only=True)
+    h, w = inter[0].shape[-2:]
+    quarters = [inter[0][..., i * h // 2 : (i + 1) * h // 2, j * w // 2 : (j + 1) * w // 2].mean((2, 3))
+                for i in range(2) for j in range(2)]  # fmt: skip
+    # level 1's cells, channel-major: channel c's top-left, top-right, bottom-left, bottom-right means
+    want = torch.stack(quarters, -1).flatten(1)[0]
+    np.testing.assert_allclose(stored["train"][0, 3, : 4 * channels[1]], want.numpy(), atol=1e-4)
+    with pytest.raises(ConfigError, match=r"models\[0\]\.feature_grid': for kind: head only"):
+        load_config(write_config(tmp, "csv", models=[{**head(feature_grid=2), "kind": "finetune"}]))

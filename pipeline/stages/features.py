@@ -33,6 +33,8 @@ def units(plan) -> list[Unit]:
                   "img_size": spec.img_size, "prep": preprocessing(spec)}  # fmt: skip
         if spec.feature_levels is not None:  # unset: the key it had before levels existed
             params["levels"] = spec.feature_levels
+        if spec.feature_grid != 1:
+            params["grid"] = spec.feature_grid
         inputs = {"train_images": plan.images("train", spec).key, "test_images": plan.images("test", spec).key}
         out.append(Unit(NAME, spec.name, {**params, "views": views}, inputs, VERSION, meta={"model": spec.name},
                         gpu=True))  # fmt: skip
@@ -53,7 +55,8 @@ def run(plan, unit: Unit, out: Path) -> dict:
         n = len(plan.comp.sources(split))
         loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
         rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
-                                levels=spec.feature_levels, desc=f"{unit.name} {split}", show=rt.progress)  # fmt: skip
+                                levels=spec.feature_levels, grid=spec.feature_grid, desc=f"{unit.name} {split}",
+                                show=rt.progress)  # fmt: skip
         placed = np.empty_like(feats)
         placed[:, rows] = feats  # rows travel with the batches: place each by its row index
         arrays[split] = placed.astype(np.float32)

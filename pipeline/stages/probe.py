@@ -89,7 +89,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
         @torch.no_grad()
         def forward(model=model, x=x, spec=spec, device=device):
             with amp_context(device, rt.amp):
-                embed(model, x, spec.feature_levels) if spec.kind == "head" else model(x)
+                embed(model, x, spec.feature_levels, spec.feature_grid) if spec.kind == "head" else model(x)
 
         forward()
         result["setup_s"][key] = time.perf_counter() - t_setup
