@@ -266,9 +266,7 @@ def train_head(plan, unit: Unit, out: Path) -> dict:
     tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in
                {"coef": coef, "intercept": intercept, "mean": mean, "scale": scale}.items()}  # fmt: skip
     atomic_write(out / "head.safetensors", lambda p: save_file(tensors, str(p)))
-    atomic_write(
-        out / "metrics.csv", lambda p: pd.DataFrame([{"epoch": 0, metric: val}]).to_csv(p, index=False)
-    )
+    atomic_write(out / "metrics.csv", lambda p: pd.DataFrame([{"epoch": 0, metric: val}]).to_csv(p, index=False))
     return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {metric: val}}
 
 
