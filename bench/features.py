@@ -51,7 +51,7 @@ def main() -> None:
     head = copy.deepcopy(spec)
     head.name, head.kind, head.seeds = f"{spec.name}-head", "head", [0]
     tuned = copy.deepcopy(spec)  # the same spec fine-tuned (a head spec's feature levels do not apply)
-    tuned.seeds, tuned.kind, tuned.feature_levels = [0], "finetune", None
+    tuned.seeds, tuned.kind, tuned.feature_levels, tuned.feature_grid = [0], "finetune", None, 1
     cfg.models = [tuned, head]
     cfg.predict.views = "none"
     plan = build_plan(cfg)
