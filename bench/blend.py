@@ -12,7 +12,7 @@ from pipeline.blending import METHODS, bootstrap_gain, choose_tta, honest_cv, ma
 from pipeline.metrics import GREATER_IS_BETTER, score
 from pipeline.plan import build_plan
 from pipeline.stages.blend import gather
-from pipeline.tta import POLICIES, merge
+from pipeline.tta import merge_policy
 
 from .common import parse
 
@@ -27,7 +27,7 @@ def main() -> None:
     oofs, single = [], {}
     for name, m in models.items():
         _, pol, how = choose_tta(metric, y, m["views"], m["oof"], cfg.blend.tta, cfg.blend.merge)
-        oofs.append(merge(m["oof"][[m["views"].index(v) for v in POLICIES[pol]]], how))
+        oofs.append(merge_policy(m["oof"], m["views"], pol, how))
         single[name] = score(metric, y, oofs[-1])
         print(f"{name:>16}: OOF {metric} {single[name]:.4f}  (TTA {pol}/{how})")
     sign = 1 if GREATER_IS_BETTER[metric] else -1

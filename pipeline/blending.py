@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 from scipy.stats import rankdata
 
 from .metrics import GREATER_IS_BETTER, loss_of, score
-from .tta import POLICIES, merge, policies_within
+from .tta import POLICIES, merge_policy, policies_within
 
 
 def _stack(probs_list) -> np.ndarray:
@@ -134,16 +134,10 @@ def make_blend(method: str, metric: str, seed: int = 0):
 
 def nested_cv(method: str, metric: str, probs_list, y: np.ndarray, folds: np.ndarray, seed: int = 0):
     """Honest OOF of a blend: for each fold, weights fitted on the other folds' OOF rows only, applied to this fold.
-    Returns (honest_probs (N, C), per-fold weights (K, M))."""
-    p = _stack(probs_list)
-    out = np.zeros_like(p[0])
-    weights = []
-    for k in np.unique(folds):
-        tr, va = folds != k, folds == k
-        b = make_blend(method, metric, seed).fit(list(p[:, tr]), y[tr])
-        out[va] = b.predict(list(p[:, va]))
-        weights.append(b.weights_)
-    return out, np.array(weights)
+    Returns (honest_probs (N, C), per-fold weights (K, M)). honest_cv with one view per model and no TTA choice."""
+    models = {str(i): {"views": ["center"], "oof": p[None]} for i, p in enumerate(_stack(probs_list))}
+    honest, _, weights, _ = honest_cv(models, y, folds, method, metric, "none", "mean", seed)
+    return honest, weights
 
 
 def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tta: str, merge_how: str):
@@ -154,9 +148,8 @@ def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tt
     for pol in policies:
         if not set(POLICIES[pol]) <= set(views):
             raise ValueError(f"blend.tta={pol} needs views {POLICIES[pol]}, but predict computed {views}")
-        idx = [views.index(v) for v in POLICIES[pol]]
         for how in merges:
-            p = merge(oof[idx], how)
+            p = merge_policy(oof, views, pol, how)
             table.append({"tta": pol, "merge": how, metric: score(metric, y, p), "logloss": score("logloss", y, p)})
     sign = -1 if GREATER_IS_BETTER[metric] else 1
     best = min(table, key=lambda r: (sign * r[metric], r["logloss"], len(POLICIES[r["tta"]])))
@@ -166,7 +159,7 @@ def choose_tta(metric: str, y: np.ndarray, views: list[str], oof: np.ndarray, tt
 def merged_oof(m: dict, metric: str, y: np.ndarray, rows: np.ndarray, tta: str, merge_how: str):
     """A model's OOF (N, C) merged over the TTA policy and merge chosen on `rows` only; and that choice."""
     _, pol, how = choose_tta(metric, y[rows], m["views"], m["oof"][:, rows], tta, merge_how)
-    return merge(m["oof"][[m["views"].index(v) for v in POLICIES[pol]]], how), (pol, how)
+    return merge_policy(m["oof"], m["views"], pol, how), (pol, how)
 
 
 def honest_cv(models: dict, y: np.ndarray, folds: np.ndarray, method: str, metric: str, tta: str, merge_how: str,

@@ -51,7 +51,7 @@ def estimate(plan: Plan, unit, rates: dict) -> float:
         return setup + (n_train + n_test) * views / fwd
     if unit.stage == "train":
         if spec.kind == "head":
-            return 0.2 + 2e-7 * n_train * 1000  # a logistic regression on pooled features: about 0.2 s per 1000 rows
+            return 0.2 + 2e-4 * n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows
         per_epoch = (n_train - n_val) / rates["train"][candidate(spec, True)] + n_val / fwd
         return setup + spec.epochs * per_epoch
     if unit.stage == "predict":

@@ -105,6 +105,8 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
                     pending.insert(0, u)
             dispatched = False
             for u in list(pending) if not failures else []:
+                if u not in pending:  # left out with a unit it reads, earlier in this pass
+                    continue
                 if u.key in done:
                     pending.remove(u)
                     log(u.stage, f"skip   {u.name} (done)")

@@ -79,3 +79,8 @@ def merge(probs: np.ndarray, how: str = "mean") -> np.ndarray:
         p = np.exp(logp)
         return p / p.sum(1, keepdims=True)
     raise ValueError(f"unknown TTA merge {how!r}; known: mean, gmean")
+
+
+def merge_policy(probs: np.ndarray, views: list[str], policy: str, how: str = "mean") -> np.ndarray:
+    """probs: (V, N, C) stored in the order of `views` -> (N, C): the policy's views merged."""
+    return merge(probs[[list(views).index(v) for v in POLICIES[policy]]], how)

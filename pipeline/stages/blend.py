@@ -20,7 +20,7 @@ from ..executor import log
 from ..metrics import GREATER_IS_BETTER, score
 from ..plan import FULL
 from ..store import Unit, atomic_savez, atomic_write_json
-from ..tta import POLICIES, merge
+from ..tta import merge_policy
 
 NAME = "blend"
 VERSION = 2  # 2: honest CV nests the TTA and best-single choices
@@ -83,9 +83,8 @@ def run(plan, unit: Unit, out: Path) -> dict:
     for name in names:
         m = models[name]
         table, pol, how = choose_tta(metric, y, m["views"], m["oof"], b.tta, b.merge)
-        idx = [m["views"].index(v) for v in POLICIES[pol]]
-        oofs.append(merge(m["oof"][idx], how))
-        tests.append(merge(m["test"][idx], how))
+        oofs.append(merge_policy(m["oof"], m["views"], pol, how))
+        tests.append(merge_policy(m["test"], m["views"], pol, how))
         tta_report[name] = {"chosen": f"{pol}/{how}", "table": table, "test_from": test_from(m)}
         single[name] = score(metric, y, oofs[-1])
         log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}; test from {test_from(m)}")

@@ -25,7 +25,7 @@ from ..executor import log
 from ..metrics import score
 from ..plan import FULL
 from ..store import DONE, Unit, atomic_write_json, atomic_write_text, sha256_file
-from ..tta import POLICIES, merge
+from ..tta import merge_policy
 
 NAME = "report"
 VERSION = 1
@@ -139,8 +139,8 @@ def fold_probs(r: Run) -> dict:
             continue
         d = r.plan.load(p)
         pol, how = r.chosen(p.meta["model"])
-        idx = [d["views"].index(v) for v in POLICIES[pol]]
-        out[p.meta["model"]][p.meta["seed"]][p.meta["fold"]] = (d["oof_rows"], merge(d["oof_probs"][idx], how))
+        merged = merge_policy(d["oof_probs"], d["views"], pol, how)
+        out[p.meta["model"]][p.meta["seed"]][p.meta["fold"]] = (d["oof_rows"], merged)
     return out
 
 
