@@ -184,14 +184,19 @@ def honest_cv(models: dict, y: np.ndarray, folds: np.ndarray, method: str, metri
     return blend, single, np.array(weights), best
 
 
+def bootstrap_scores(metric: str, y, probs_list, n: int, seed: int = 0) -> np.ndarray:
+    """(n, len(probs_list)): each prediction's score on the same n resamples of the rows (with replacement)."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, len(probs_list)))
+    for i in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        out[i] = [score(metric, y[idx], p[idx]) for p in probs_list]
+    return out
+
+
 def bootstrap_gain(metric: str, y, probs_a, probs_b, n: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Score(a) - score(b) on rows resampled with replacement: (mean, 2.5%, 97.5%); positive = a is better
     (sign flipped for log loss)."""
-    rng = np.random.default_rng(seed)
-    sign = 1.0 if GREATER_IS_BETTER[metric] else -1.0
-    diffs = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        diffs.append(sign * (score(metric, y[idx], probs_a[idx]) - score(metric, y[idx], probs_b[idx])))
-    d = np.array(diffs)
+    s = bootstrap_scores(metric, y, [probs_a, probs_b], n, seed)
+    d = (1.0 if GREATER_IS_BETTER[metric] else -1.0) * (s[:, 0] - s[:, 1])
     return float(d.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))

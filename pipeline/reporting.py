@@ -15,16 +15,12 @@ import numpy as np
 from sklearn import metrics as skm
 
 from . import report_plots as plots
-from .metrics import score
+from .blending import bootstrap_scores
 
 
 def bootstrap_interval(metric: str, y: np.ndarray, probs: np.ndarray, n: int, seed: int = 0) -> tuple[float, float]:
     """The 2.5 and 97.5 percentiles of the score on rows resampled with replacement (n resamples, seeded)."""
-    rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        draws.append(score(metric, y[idx], probs[idx]))
+    draws = bootstrap_scores(metric, y, [probs], n, seed)[:, 0]
     return float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))
 
 
