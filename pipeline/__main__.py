@@ -16,12 +16,15 @@ def main(argv: list[str] | None = None) -> int:
 
     stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
     parser = argparse.ArgumentParser(prog="./run.sh", description="Kaggle-style image competition pipeline")
-    parser.add_argument("command", choices=["all", *stages, "status", "submissions"])
+    parser.add_argument("command", choices=["all", *stages, "status", "submissions", "export"])
     parser.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--force", action="store_true", help="redo the named stage's units")
     parser.add_argument("--kaggle", metavar="COMPETITION", help="submit: also upload with the Kaggle CLI")
     parser.add_argument("--budget", metavar="TIME", help="all: the best recipe that fits this wall time (10m, 90s)")
+    parser.add_argument("--submission", metavar="NAME", help="export: the submission file (default: the config's)")
+    parser.add_argument("--out", metavar="DIR", help="export: the bundle's folder")
+    parser.add_argument("--half", action="store_true", help="export: network weights in fp16 (OOF change printed)")
     parser.add_argument("--preset", choices=["fast", "medium", "best", "auto"], help="a recipe from the ladder")
     args = parser.parse_args(argv)
 
@@ -51,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[data] note: {note}", flush=True)
         if args.command == "status":
             return status(plan)
+        if args.command == "export":
+            from .export import export
+
+            export(plan, args.submission, args.out, args.half)
+            return 0
         if cfg.runtime.budget and args.command == "all":
             from .budget import run_budget
 

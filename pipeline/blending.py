@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize
-from scipy.stats import rankdata
 
+from .infer import blend_probs, full_linear, stack_features
 from .metrics import GREATER_IS_BETTER, loss_of, score
 from .tta import POLICIES, merge_policy, policies_within
 
@@ -27,8 +27,11 @@ class MeanBlend:
         return self
 
     def predict(self, probs_list) -> np.ndarray:
-        p = np.tensordot(self.weights_, _stack(probs_list), axes=1)
-        return p / p.sum(1, keepdims=True)
+        return blend_probs("mean", self.weights_, probs_list)
+
+    def params(self) -> dict:
+        """What predicting needs, as JSON (an exported bundle blends with it)."""
+        return {"weights": self.weights_.tolist(), "stack": None}
 
 
 class RankBlend(MeanBlend):
@@ -36,10 +39,7 @@ class RankBlend(MeanBlend):
     Its outputs are scores, not calibrated probabilities; use it with rank metrics (auc) or labels."""
 
     def predict(self, probs_list) -> np.ndarray:
-        p = _stack(probs_list)
-        ranks = np.stack([rankdata(m, axis=0) / len(m) for m in p])
-        r = np.tensordot(self.weights_, ranks, axes=1)
-        return r / r.sum(1, keepdims=True)
+        return blend_probs("rank", self.weights_, probs_list)
 
 
 class CaruanaBlend(MeanBlend):
@@ -100,26 +100,23 @@ class StackBlend(MeanBlend):
         from sklearn.linear_model import LogisticRegression
         from threadpoolctl import threadpool_limits
 
-        x = self._features(probs_list)
+        x = stack_features(probs_list)
         self.mean_, self.scale_ = x.mean(0), x.std(0) + 1e-6
-        self.n_classes_ = _stack(probs_list).shape[-1]
-        self.clf_ = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed)
+        clf = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed)
         with threadpool_limits(1):
-            self.clf_.fit((x - self.mean_) / self.scale_, y)
-        share = np.abs(self.clf_.coef_).reshape(len(self.clf_.coef_), len(probs_list), -1).sum((0, 2))
+            clf.fit((x - self.mean_) / self.scale_, y)
+        share = np.abs(clf.coef_).reshape(len(clf.coef_), len(probs_list), -1).sum((0, 2))
         self.weights_ = share / share.sum()
+        # every class, as a head's: a class absent from the fit rows gets no mass
+        self.coef_, self.intercept_ = full_linear(clf.classes_, clf.coef_, clf.intercept_, _stack(probs_list).shape[-1])
         return self
 
-    @staticmethod
-    def _features(probs_list) -> np.ndarray:
-        p = _stack(probs_list)  # (M, N, C)
-        return np.log(np.clip(p, 1e-7, 1)).transpose(1, 0, 2).reshape(p.shape[1], -1)
-
     def predict(self, probs_list) -> np.ndarray:
-        x = (self._features(probs_list) - self.mean_) / self.scale_
-        out = np.zeros((len(x), self.n_classes_))
-        out[:, self.clf_.classes_] = self.clf_.predict_proba(x)  # a class absent from the fit rows gets no mass
-        return out / out.sum(1, keepdims=True)
+        return blend_probs("stack", self.weights_, probs_list, self.params()["stack"])
+
+    def params(self) -> dict:
+        stack = {"coef": self.coef_, "intercept": self.intercept_, "mean": self.mean_, "scale": self.scale_}
+        return {"weights": self.weights_.tolist(), "stack": {k: v.tolist() for k, v in stack.items()}}
 
 
 METHODS = {"mean": MeanBlend, "rank": RankBlend, "caruana": CaruanaBlend, "simplex": SimplexBlend,

@@ -48,7 +48,7 @@ def estimate(plan: Plan, unit, rates: dict) -> float:
     views = len(views_for(plan.cfg.predict.views))
     n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
     if unit.stage == "features":
-        return setup + (n_train + n_test) * views / fwd
+        return setup + len(comp.sources(unit.meta["split"])) * views / fwd
     if unit.stage == "train":
         if spec.kind == "head":
             return 0.2 + 2e-4 * n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows

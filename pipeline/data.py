@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import io
 import json
 import math
 import os
 import random
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +20,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, ImageOps
 
 from .config import Config
+from .infer import IMAGE_EXTS, InputError, load_resized, read_image  # noqa: F401 - decoding lives there
+from .infer import open_image as _open
 from .store import atomic_write, atomic_write_json, require_space, stable_hash
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
-
-class DataError(ValueError):
+class DataError(InputError):
     """A problem with the competition's files, naming the file, the id or column, and what was expected."""
 
 
@@ -48,6 +45,7 @@ class Competition:
     labels: Labels | None = None  # how targets are spelled: lookup() maps any spelling to its class index
     submit_format: str = "label"  # label | probability | class_probs, resolved from the config and the sample
     notes: list[str] = field(default_factory=list)  # what was normalised on the way (shown once by the CLI)
+    pixel_fractions: bool = False  # pixels layout: the CSVs held 0..1 intensities, scaled by 255
 
     @property
     def n_classes(self) -> int:
@@ -203,6 +201,7 @@ def load_competition(cfg: Config) -> Competition:
         raise DataError(f"{sample_path}: duplicated ids, first: {list(dup[:5])}")
     train_pixels = test_pixels = None
     notes: list[str] = []
+    fractions = False
 
     if c.layout == "csv":
         path = root / c.train_csv
@@ -271,57 +270,8 @@ def load_competition(cfg: Config) -> Competition:
     return Competition(
         c.name, train.reset_index(drop=True), test_ids.reset_index(drop=True), classes, train_sources, test_sources,
         sample, train_pixels, test_pixels, labels, fmt, notes + fmt_notes,
+        pixel_fractions=c.layout == "pixels" and fractions,
     )  # fmt: skip
-
-
-def _to_uint8(arr: np.ndarray, path) -> np.ndarray:
-    """16/32-bit integer images: scaled by the image's own maximum. Float images: values in 0..1 scaled by 255,
-    any other range stretched from the image's minimum to its maximum. NaN pixels are refused."""
-    arr = np.asarray(arr, dtype=np.float32)
-    if np.isnan(arr).any():
-        raise DataError(f"image {path} has NaN pixels")
-    if arr.dtype.kind == "f" and arr.min() >= 0 and arr.max() <= 1.0:
-        arr = arr * 255.0
-    elif arr.min() < 0 or arr.max() > 255:
-        lo = min(float(arr.min()), 0.0)
-        arr = (arr - lo) / max(float(arr.max()) - lo, 1e-12) * 255.0
-    return np.rint(arr).astype(np.uint8)
-
-
-MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
-
-
-def _open(path) -> Image.Image:
-    """Open an image (a path or bytes), refusing what would exhaust memory; raises DataError naming it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(path) if isinstance(path, bytes) else path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(f"{err} (a decompression bomb, or a huge image: resize it)") from None
-    if im.width * im.height > MAX_PIXELS or im.width < 1 or im.height < 1:
-        raise DataError(f"{im.width}x{im.height} pixels: expected 1 to {MAX_PIXELS} pixels (resize it)")
-    return im
-
-
-def read_image(path: str) -> np.ndarray:
-    """Decode any image file to HxWx3 uint8 RGB: EXIF orientation applied; grayscale, RGBA (composited on white),
-    palette, 16-bit and float images converted (see _to_uint8). The one decode path of the pipeline."""
-    try:
-        with _open(path) as im:
-            im = ImageOps.exif_transpose(im)  # a camera JPEG with orientation 6 is stored sideways
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = _to_uint8(np.asarray(im), path)
-                return np.repeat(arr[..., None], 3, axis=2)
-            if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA")
-                bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                im = Image.alpha_composite(bg, im)
-            return np.asarray(im.convert("RGB"))
-    except DataError as err:
-        raise DataError(f"image {path}: {err}".replace(f"image {path}: image {path}", f"image {path}")) from None
-    except (OSError, ValueError, SyntaxError) as err:
-        raise DataError(f"image {path} could not be decoded: {err}") from None
 
 
 def check_image(data: bytes, path) -> str | None:
@@ -331,24 +281,11 @@ def check_image(data: bytes, path) -> str | None:
     try:
         with _open(data) as im:
             im.verify()  # structure and checksums (PNG), without a full decode
-    except DataError as err:
+    except InputError as err:
         return str(err)
     except Exception as err:  # noqa: BLE001 - PIL raises many types for broken files
         return f"not a readable image ({type(err).__name__}: {err})"
     return None
-
-
-PIL_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
-
-
-def _load_resized(source, pixels: np.ndarray | None, size: int, interp: str) -> np.ndarray:
-    if pixels is not None:
-        im = Image.fromarray(pixels[source]).convert("RGB")
-    else:
-        im = Image.fromarray(read_image(source))
-    if im.size != (size, size):
-        im = im.resize((size, size), PIL_INTERP.get(interp, Image.BICUBIC))
-    return np.asarray(im)
 
 
 def fingerprint(comp: Competition, split: str, stat_cache: Path) -> str:
@@ -407,8 +344,8 @@ def build_image_cache(comp: Competition, split: str, size: int, interp: str, out
 
         def load(source):
             try:
-                return _load_resized(source, pixels, size, interp), None
-            except DataError as err:
+                return load_resized(source, pixels, size, interp), None
+            except InputError as err:
                 return None, str(err)
 
         bad = []

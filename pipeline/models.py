@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .config import ModelSpec, resolve_path
+from .infer import embed  # noqa: F401 - the pooled activations heads read; shared with exported bundles
 from .store import sha256_file
 
 
@@ -182,22 +183,6 @@ def stage_groups(model: torch.nn.Module) -> list[list[str]]:
         ordered = [[n for n, _ in model.named_parameters() if n not in head]]
     ordered = [g for g in ordered if g]
     return ordered + [sorted(head)]
-
-
-def embed(model: torch.nn.Module, x: torch.Tensor, levels: list[int] | None = None, grid: int = 1) -> torch.Tensor:
-    """Pooled activations of a frozen backbone: its pre-logits features (levels None), or the global average of
-    each of timm's feature levels in `levels` (indices into model.feature_info), concatenated. With grid > 1 each map
-    (the last feature map when levels is None) is averaged over grid x grid cells instead, flattened channel-major:
-    (B, sum of C x grid x grid)."""
-    if levels is None:
-        if grid == 1:
-            return model.forward_head(model.forward_features(x), pre_logits=True)
-        maps = [model.forward_features(x)]
-    else:
-        maps = model.forward_intermediates(x, indices=levels, intermediates_only=True, stop_early=True)
-    if grid == 1:
-        return torch.cat([t.mean((2, 3)) for t in maps], 1)
-    return torch.cat([torch.nn.functional.adaptive_avg_pool2d(t.float(), grid).flatten(1) for t in maps], 1)
 
 
 def check_levels(model: torch.nn.Module, levels: list[int] | None, where: str) -> None:

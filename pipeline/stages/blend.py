@@ -23,7 +23,7 @@ from ..store import Unit, atomic_savez, atomic_write_json
 from ..tta import merge_policy
 
 NAME = "blend"
-VERSION = 2  # 2: honest CV nests the TTA and best-single choices
+VERSION = 3  # 2: honest CV nests the TTA and best-single choices; 3: report.json holds the fitted blender
 PARTIAL = None
 IMPLICIT = False
 
@@ -103,6 +103,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
     report = {
         "metric": metric, "method": b.method, "models": names,
         "weights": dict(zip(names, blender.weights_.tolist())),
+        "blender": blender.params(),  # what blending test predictions needs (an exported bundle reads it)
         "fold_weights": fold_weights.tolist(), "fold_best_single": fold_best, "single": single,
         "best_single_model": best_name, **scores,
         "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,

@@ -1,8 +1,9 @@
 """features: a frozen pretrained backbone's pooled activations (pre-logits, or the pooled feature levels the model
-spec names), computed once per TTA view for every train and test image and stored on disk; `kind: head` models
-train a softmax on them in seconds.
+spec names), computed once per TTA view for every image of a split and stored on disk; `kind: head` models
+train a softmax on them in seconds. One unit per model and split: a new test set recomputes the test features only,
+and never refits a head (whose key reads the train features alone).
 
-Output `features.npz`: `views` (V,), `train` (V, n_train, D) and `test` (V, n_test, D) float32, rows in table order.
+Output `features.npz`: `views` (V,) and `feats` (V, n, D) float32, rows in the split's table order.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..store import Unit, atomic_savez
 from ..tta import views_for
 
 NAME = "features"
-VERSION = 1
+VERSION = 2  # 2: one unit per split
 PARTIAL = None
 IMPLICIT = False
 
@@ -35,35 +36,34 @@ def units(plan) -> list[Unit]:
             params["levels"] = spec.feature_levels
         if spec.feature_grid != 1:
             params["grid"] = spec.feature_grid
-        inputs = {"train_images": plan.images("train", spec).key, "test_images": plan.images("test", spec).key}
-        out.append(Unit(NAME, spec.name, {**params, "views": views}, inputs, VERSION, meta={"model": spec.name},
-                        gpu=True))  # fmt: skip
+        for split in ("train", "test"):
+            inputs = {"images": plan.images(split, spec).key}
+            out.append(Unit(NAME, f"{spec.name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
+                            meta={"model": spec.name, "split": split}, gpu=True))  # fmt: skip
     return out
 
 
 def run(plan, unit: Unit, out: Path) -> dict:
     cfg, rt = plan.cfg, plan.cfg.runtime
-    spec = cfg.model(unit.meta["model"])
+    spec, split = cfg.model(unit.meta["model"]), unit.meta["split"]
     views = unit.params["views"]
     # seeded: the new head (unused here) and, with weights none, the backbone are a function of the key
     device, model, norm = prepare_model(spec, rt, plan.comp.n_classes, seed=0)
     model.eval()
     check_levels(model, spec.feature_levels, f"model {spec.name} ({spec.backbone})")
-    arrays = {"views": np.array(views)}
-    for split in ("train", "test"):
-        cache = plan.load_input(unit, f"{split}_images")
-        n = len(plan.comp.sources(split))
-        loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
-        rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
-                                levels=spec.feature_levels, grid=spec.feature_grid, desc=f"{unit.name} {split}",
-                                show=rt.progress)  # fmt: skip
-        placed = np.empty_like(feats)
-        placed[:, rows] = feats  # rows travel with the batches: place each by its row index
-        arrays[split] = placed.astype(np.float32)
-    atomic_savez(out / "features.npz", **arrays)
-    return {"outputs": ["features.npz"], "scores": {"dim": int(arrays["train"].shape[-1])}}
+    cache = plan.load_input(unit, "images")
+    n = len(plan.comp.sources(split))
+    loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
+    rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
+                            levels=spec.feature_levels, grid=spec.feature_grid, desc=unit.name,
+                            show=rt.progress)  # fmt: skip
+    placed = np.empty_like(feats)
+    placed[:, rows] = feats  # rows travel with the batches: place each by its row index
+    atomic_savez(out / "features.npz", views=np.array(views), feats=placed.astype(np.float32))
+    return {"outputs": ["features.npz"], "scores": {"dim": int(placed.shape[-1])}}
 
 
-def load(plan, unit: Unit):
-    """The stored arrays (an NpzFile: `views`, `train`, `test`)."""
-    return np.load(plan.store.dir(unit) / "features.npz")
+def load(plan, unit: Unit) -> dict:
+    """{"views": [names], "feats": (V, n, D) float32} of the unit's split."""
+    d = np.load(plan.store.dir(unit) / "features.npz")
+    return {"views": [str(v) for v in d["views"]], "feats": d["feats"]}

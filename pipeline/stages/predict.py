@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ImageDataset
+from ..infer import linear_softmax
 from ..runtime import make_loader, prepare_model, run_views
 from ..store import Unit, atomic_savez
 from ..tta import views_for
@@ -30,7 +31,8 @@ def units(plan) -> list[Unit]:
     for t in plan.all("train"):
         spec = plan.cfg.model(t.meta["model"])
         if spec.kind == "head":
-            inputs = {"model": t.key, "features": t.inputs["features"]}
+            inputs = {"model": t.key, "train_features": t.inputs["features"],
+                      "test_features": plan.one("features", model=spec.name, split="test").key}  # fmt: skip
         else:
             inputs = {"model": t.key, "train_images": plan.images("train", spec).key,
                       "test_images": plan.images("test", spec).key}  # fmt: skip
@@ -38,21 +40,17 @@ def units(plan) -> list[Unit]:
     return out
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(-1, keepdims=True)
-
-
 def _predict_head(plan, unit: Unit, views: list[str], va_rows: np.ndarray):
     head = plan.load_input(unit, "model")["head"]
-    feats = plan.load_input(unit, "features")
-    idx = [list(feats["views"]).index(v) for v in views]
+    train, test = plan.load_input(unit, "train_features"), plan.load_input(unit, "test_features")
 
     def apply(x):  # (V, N, D) -> (V, N, C)
-        return _softmax(((x - head["mean"]) / head["scale"]) @ head["coef"].T + head["intercept"])
+        return linear_softmax(x, head["coef"], head["intercept"], head["mean"], head["scale"])
 
-    return apply(feats["train"][idx][:, va_rows].astype(np.float64)), apply(feats["test"][idx].astype(np.float64))
+    def rows(feats, rows=slice(None)):  # the views asked for, in their order
+        return feats["feats"][[feats["views"].index(v) for v in views]][:, rows].astype(np.float64)
+
+    return apply(rows(train, va_rows)), apply(rows(test))
 
 
 def _predict_network(plan, unit: Unit, views: list[str], va_rows: np.ndarray):
@@ -80,7 +78,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
     views = unit.params["views"]
     folds = plan.load_input(plan.input(unit, "model"), "folds")  # the assignment its model was trained on
     va_rows = np.where(folds == unit.meta["fold"])[0]
-    fn = _predict_head if "features" in unit.inputs else _predict_network
+    fn = _predict_head if plan.cfg.model(unit.meta["model"]).kind == "head" else _predict_network
     oof_probs, test_probs = fn(plan, unit, views, va_rows)
     arrays = {
         "views": np.array(views), "oof_rows": va_rows, "oof_ids": comp.train["id"].to_numpy()[va_rows].astype(str),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import _load_resized
+from ..infer import load_resized
 from ..runtime import amp_context, pick_device, prepare_model
 from ..store import Unit, atomic_write_json
 
@@ -73,7 +73,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
     sources = plan.comp.sources("train")[:32]
     t0 = time.perf_counter()
     for s in sources:
-        _load_resized(s, plan.comp.train_pixels, 64, "bicubic")
+        load_resized(s, plan.comp.train_pixels, 64, "bicubic")
     result["decode_s"] = (time.perf_counter() - t0) / max(1, len(sources))
     for spec in cfg.models:
         key, tkey = candidate(spec), candidate(spec, True)

@@ -24,6 +24,7 @@ from ..augment import train_transform
 from ..config import model_params
 from ..data import ImageDataset
 from ..executor import BudgetStop, log
+from ..infer import full_linear
 from ..metrics import better, score, selection_metric
 from ..models import preprocessing, weights_id
 from ..plan import FULL
@@ -44,7 +45,7 @@ def units(plan) -> list[Unit]:
     out = []
     for spec in cfg.models:
         if spec.kind == "head":
-            inputs = {"folds": folds.key, "features": plan.one("features", model=spec.name).key}
+            inputs = {"folds": folds.key, "features": plan.one("features", model=spec.name, split="train").key}
         else:
             inputs = {"folds": folds.key, "train_images": plan.images("train", spec).key}
         params = {
@@ -243,7 +244,7 @@ def train_head(plan, unit: Unit, out: Path) -> dict:
     cfg, comp = plan.cfg, plan.comp
     spec = cfg.model(unit.meta["model"])
     feats = plan.load_input(unit, "features")
-    x = feats["train"][list(feats["views"]).index("center")].astype(np.float64)
+    x = feats["feats"][feats["views"].index("center")].astype(np.float64)
     folds = plan.load_input(unit, "folds")
     y = comp.train["y"].to_numpy()
     tr, va = folds != unit.meta["fold"], folds == unit.meta["fold"]
@@ -257,12 +258,7 @@ def train_head(plan, unit: Unit, out: Path) -> dict:
     if va.any():
         probs[:, clf.classes_] = clf.predict_proba((x[va] - mean) / scale)
         val = score(metric, y[va], probs)
-    coef = np.zeros((comp.n_classes, x.shape[1]))
-    intercept = np.full(comp.n_classes, -1e4)  # a class absent from this fold's training rows gets no mass
-    if comp.n_classes == 2 and clf.coef_.shape[0] == 1:
-        coef[1], intercept[1], intercept[0] = clf.coef_[0], clf.intercept_[0], 0.0
-    else:
-        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    coef, intercept = full_linear(clf.classes_, clf.coef_, clf.intercept_, comp.n_classes)  # absent classes: no mass
     tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in
                {"coef": coef, "intercept": intercept, "mean": mean, "scale": scale}.items()}  # fmt: skip
     atomic_write(out / "head.safetensors", lambda p: save_file(tensors, str(p)))
