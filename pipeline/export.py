@@ -270,7 +270,7 @@ def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
     """Each blended model's OOF (N, C) recomputed with its network weights rounded to fp16, its chosen views merged."""
     from .infer import linear_softmax, merge
 
-    cfg, comp = plan.cfg, plan.cfg.runtime, plan.comp
+    cfg, comp = plan.cfg, plan.comp
     n, c = len(comp.train), comp.n_classes
     folds = plan.load(plan.one("folds"))
     out = []
