@@ -155,8 +155,11 @@ def test_a_new_test_set_reruns_no_training_and_the_bundle_matches_it(stacked, tm
     sample = pd.DataFrame({"image_id": [f"n{k}" for k in range(len(picked))], "digit": "0"})
     sample.to_csv(tmp / "new_sample.csv", index=False)
     sample.assign(digit=picked["digit"].to_numpy()).to_csv(tmp / "new_labels.csv", index=False)
-    sets = [f"competition.test_dir={new}", f"competition.sample_submission={tmp / 'new_sample.csv'}",
-            f"competition.holdout_labels={tmp / 'new_labels.csv'}"]
+    sets = [
+        f"competition.test_dir={new}",
+        f"competition.sample_submission={tmp / 'new_sample.csv'}",
+        f"competition.holdout_labels={tmp / 'new_labels.csv'}",
+    ]
     after = build_plan(load_config(cfg, sets))
     same = {u.label: u.key for u in plan.units}
     changed = {u.label for u in after.units if same.get(u.label) != u.key}

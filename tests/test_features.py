@@ -59,7 +59,8 @@ def test_bad_feature_levels_name_the_model_and_the_range(tmp):
 def test_feature_grid_keeps_where_things_are(tmp):
     models = [head(feature_levels=LEVELS, feature_grid=2), head(name="global", feature_levels=LEVELS)]
     plan = build_plan(load_config(write_config(tmp, "csv", models=models)))
-    assert plan.one("features", model="global", split="train").params.get("grid") is None  # grid 1: the key it had before
+    # grid 1: the key it had before
+    assert plan.one("features", model="global", split="train").params.get("grid") is None
     ensure_done(plan, plan.all("features"))
     spec = plan.cfg.models[0]
     torch.manual_seed(0)
