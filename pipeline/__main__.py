@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[data] note: {note}", flush=True)
         if args.command == "status":
             return status(plan)
+        if plan.problems and not (args.force and args.command == "folds"):
+            raise ValueError("\n".join(plan.problems.values()))
         if cfg.runtime.budget and args.command == "all":
             from .budget import run_budget
 

@@ -374,10 +374,10 @@ def test_auc_on_a_fold_without_a_class_selects_by_log_loss_and_says_so(tmp):
     assert any("logloss" in s for s in chosen) and any("auc" in s for s in chosen)
 
 
-def test_holdout_labels_of_an_unknown_class_are_named(tmp):
-    from pipeline.stages.submit import holdout_score
-
-    plan = plan_of(tmp)
+def test_holdout_labels_are_checked_at_load_wrong_path_or_unknown_class(tmp):
+    cfg = cfg_path(tmp)
+    with pytest.raises(DataError, match=r"held-out labels not found: .*nope.csv"):
+        build_plan(load_config(cfg, ["competition.holdout_labels=nope.csv"]))  # before any training, not after
     edit_csv(tmp / "comp-csv" / "labels.csv", lambda d: d.assign(digit=["7"] + list(d["digit"][1:])))
     with pytest.raises(DataError, match=r"labels.csv: 1 held-out label\(s\) are not classes .*\('s\d+', '7'\)"):
-        holdout_score(plan, np.full((9, 3), 1 / 3))
+        build_plan(load_config(cfg))
