@@ -105,7 +105,7 @@ def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> 
     paths, missing, unclear = [], [], []
     for i in ids.str.strip():
         key = i + ext if ext and not i.lower().endswith(IMAGE_EXTS) else i
-        name = index.get(key)
+        name = index.get(key) or _nested(folder, key)
         if name is None:
             missing.append(i)
         elif not ext and key not in (name,) and key in ambiguous:
@@ -121,6 +121,15 @@ def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> 
         raise DataError(f"{len(unclear)} {what} id(s) match several files in {folder}, first: {unclear[:5]}; keep one "
                         f"file per id, or set competition.image_ext (e.g. .png) to say which")  # fmt: skip
     return paths
+
+
+def _nested(folder: Path, key: str) -> str | None:
+    """An id that is a path below the folder (`batch2/x.png`, or `batch2/x` with image_ext): its file, if there."""
+    if "/" not in key:
+        return None
+    path = folder / key
+    inside = path.resolve().is_relative_to(folder.resolve())
+    return key if inside and path.is_file() and path.name.lower().endswith(IMAGE_EXTS) else None
 
 
 def _read_sample(path: Path) -> pd.DataFrame:
@@ -141,8 +150,9 @@ def _embedded(c, root: Path) -> None:
     if not (root / c.sample_submission).is_file():
         embedded.build_embedded(c.embedded, root)
         return
-    readme = root / "README.txt"
-    if not readme.is_file() or not readme.read_text().startswith((embedded.__doc__ or "").splitlines()[0]):
+    readme = root / "README.txt"  # written by the builder: names the data set and scikit-learn
+    text = readme.read_text() if readme.is_file() else ""
+    if c.embedded not in text or "scikit-learn" not in text:
         raise DataError(f"{root} holds a competition that was not built from the embedded {c.embedded!r} data, and "
                         f"competition.embedded is {c.embedded!r}: remove `embedded` from the config for your own "
                         f"data, or point competition.root to the embedded data's folder")  # fmt: skip

@@ -440,9 +440,13 @@ def test_a_published_folds_csv_edited_after_the_run_is_said_and_refused(tmp):
     lines[1] = lines[1][:-1] + str((int(lines[1][-1]) + 1) % 3)  # one row moved to another fold: same size
     published.write_text("\n".join(lines) + "\n")
     status = run_cli("status", "--config", cfg).stdout
-    assert re.search(r"^broken +folds/tiny-csv +.*tiny-csv.csv was changed after the folds were made", status, re.M)
+    assert re.search(
+        r"^broken +folds/tiny-csv +.*tiny-csv.csv is not the fold assignment the models were trained and scored on",
+        status,
+        re.M,
+    )
     proc = run_cli("all", "--config", cfg, check=False)
-    assert proc.returncode == 1 and "not the assignment the models were trained and scored on" in proc.stderr
+    assert proc.returncode == 1 and "edited by hand, or published by a run with other" in proc.stderr
     assert "[train]" not in proc.stdout and "folds --force" in proc.stderr
     run_cli("folds", "--config", cfg, "--force")
     assert published.read_text() == original
@@ -573,8 +577,14 @@ def test_nested_class_folders_and_every_pil_format_are_read_or_named(tmp):
     test = sorted((root / "test").iterdir())[0]
     Image.open(test).save(test.with_suffix(".gif"))
     test.unlink()
-    edit_csv(root / "sample_submission.csv", lambda d: d.assign(file=[f.removesuffix(".png") for f in d["file"]]))
+    second = sorted((root / "test").iterdir())[1]
+    (root / "test" / "day2").mkdir()
+    second.rename(root / "test" / "day2" / second.name)  # a test id that is a path below the test folder
+    ids = lambda d: ["day2/" + f if f == second.name else f.removesuffix(".png") for f in d["file"]]  # noqa: E731
+    edit_csv(root / "sample_submission.csv", lambda d: d.assign(file=ids(d)))
+    edit_csv(root / "labels.csv", lambda d: d.assign(file=ids(d)))
     comp = build_plan(load_config(cfg)).comp
+    assert str(root / "test" / "day2" / second.name) in comp.test_sources
     assert len(comp.train) == 36  # none dropped
     assert f"zero/batch2/{zero[0].name}" in set(comp.train["id"])
     assert {"zero/" + zero[1].stem + ".gif", "zero/" + zero[2].stem + ".jfif"} <= set(comp.train["id"])

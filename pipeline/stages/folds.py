@@ -82,9 +82,10 @@ def check(plan) -> dict[str, str]:
     if mine == theirs:
         return {}
     diff = next((f"{a!r} there, {b!r} here" for a, b in zip(theirs.splitlines(), mine.splitlines()) if a != b), "")
-    return {unit.key: f"{published} was changed after the folds were made ({diff or 'another length'}): it is not "
-                      f"the assignment the models were trained and scored on; run `./run.sh folds --force` to publish "
-                      f"that one again (the folds come from folds.n_folds and folds.seed)"}  # fmt: skip
+    return {unit.key: f"{published} is not the fold assignment the models were trained and scored on "
+                      f"({diff or 'another length'}): edited by hand, or published by a run with other folds settings; "
+                      f"run `./run.sh folds --force` to publish this config's assignment again (the folds come from "
+                      f"folds.n_folds and folds.seed)"}  # fmt: skip
 
 
 def load(plan, unit: Unit) -> np.ndarray:
