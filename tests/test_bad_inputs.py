@@ -476,6 +476,10 @@ def test_pixel_test_csv_columns_are_matched_by_name_and_rows_by_id(tmp):
     comp = plan_of(tmp, layout="pixels").comp
     np.testing.assert_array_equal(comp.test_pixels, plain.test_pixels)
     assert any("column 'label' (competition.target_col) is not a pixel column" in n for n in comp.notes)
+    edit_csv(comp_dir / "train.csv", lambda d: d.assign(id=[f"r{i}" for i in range(len(d))]))  # an id, not a pixel
+    train = plan_of(tmp, layout="pixels").comp
+    np.testing.assert_array_equal(train.train_pixels, plain.train_pixels)
+    assert train.train["id"].tolist() == [f"r{i}" for i in range(36)]
     shuffled.drop(columns="pixel7").to_csv(comp_dir / "test.csv", index=False)
     with pytest.raises(DataError, match=r"test.csv: pixel columns are matched .* 1 missing \(first \['pixel7'\]\)"):
         plan_of(tmp, layout="pixels")
