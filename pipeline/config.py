@@ -204,13 +204,13 @@ CHOICES = {
 PRESETS = REPO / "configs" / "presets" / "ladder.yaml"
 
 
-# (low, high, low inclusive, high inclusive); None = unbounded. Keys of models use the field name after "models.".
+# (low, high, low inclusive, high inclusive[, why]); None = unbounded. Keys of models: the field name after "models.".
 RANGES: dict[str, tuple] = {
     "folds.n_folds": (2, None, True, True),
     "folds.seed": (0, 2**32 - 1, True, True),
     "models.img_size": (8, 4096, True, True),
     "models.crop_pct": (0.0, 1.0, False, True),
-    "models.batch_size": (2, None, True, True),
+    "models.batch_size": (2, None, True, True, " (a training batch of one image breaks BatchNorm)"),
     "models.epochs": (1, None, True, True),
     "models.frozen_epochs": (0, None, True, True),
     "models.unfreeze": (-1, None, True, True),
@@ -231,15 +231,11 @@ RANGES: dict[str, tuple] = {
     "models.feature_grid": (1, 8, True, True),
     "models.seeds": (0, 2**31 - 1, True, True),
     "predict.batch_size": (1, None, True, True),
-    "blend.bootstrap": (1, None, True, True),
+    "blend.bootstrap": (1, None, True, True, " (resamples behind the score intervals)"),
     "runtime.num_workers": (-1, None, True, True),
     "runtime.workers": (0, None, True, True),
     "runtime.threads": (0, None, True, True),
     "runtime.claim_timeout": (0.0, None, False, True),
-}
-WHY = {
-    "models.batch_size": " (a training batch of one image breaks BatchNorm)",
-    "blend.bootstrap": " (resamples behind the score intervals)",
 }
 # names that become folder and file names: letters, digits, and . _ - inside, never a separator or ".."
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -250,14 +246,13 @@ def _check_range(value: Any, key: str, rule_key: str) -> None:
     rule = RANGES.get(rule_key)
     if rule is None or value is None:
         return
-    lo, hi, lo_in, hi_in = rule
+    lo, hi, lo_in, hi_in, *why = rule
     for v in value if isinstance(value, list) else [value]:
         bad = (lo is not None and (v < lo if lo_in else v <= lo)) or (hi is not None and (v > hi if hi_in else v >= hi))
         if bad:
             left, right = ("[" if lo_in else "(") + str(lo), str(hi) + ("]" if hi_in else ")")
             want = f"in {left}, {right}" if hi is not None else (f">= {lo}" if lo_in else f"> {lo}")
-            why = WHY.get(rule_key, "")
-            raise ConfigError(f"config key '{key}': {v!r} is out of range; expected a value {want}{why}")
+            raise ConfigError(f"config key '{key}': {v!r} is out of range; expected a value {want}{''.join(why)}")
 
 
 def _check_name(value: Any, key: str, rule_key: str) -> None:
