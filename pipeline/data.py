@@ -105,7 +105,7 @@ def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> 
     paths, missing, unclear = [], [], []
     for i in ids.str.strip():
         key = i + ext if ext and not i.lower().endswith(IMAGE_EXTS) else i
-        name = index.get(key) or _nested(folder, key)
+        name = index.get(key) or _on_disk(folder, key)
         if name is None:
             missing.append(i)
         elif not ext and key not in (name,) and key in ambiguous:
@@ -123,13 +123,12 @@ def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> 
     return paths
 
 
-def _nested(folder: Path, key: str) -> str | None:
-    """An id that is a path below the folder (`batch2/x.png`, or `batch2/x` with image_ext): its file, if there."""
-    if "/" not in key:
-        return None
+def _on_disk(folder: Path, key: str) -> str | None:
+    """An id the folder's listing lacks that the file system still opens: a path below the folder (`day2/x.png`), or
+    another case of a name where the file system ignores case. Its path relative to the folder, or None."""
     path = folder / key
     inside = path.resolve().is_relative_to(folder.resolve())
-    return key if inside and path.is_file() and path.name.lower().endswith(IMAGE_EXTS) else None
+    return key if inside and path.name.lower().endswith(IMAGE_EXTS) and path.is_file() else None
 
 
 def _read_sample(path: Path) -> pd.DataFrame:
