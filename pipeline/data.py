@@ -24,10 +24,8 @@ import torch
 from PIL import Image, ImageOps
 
 from .config import Config
-from .labels import IMAGE_EXTS, ORDINAL, Labels, check_unique_ids, holdout_targets, id_key, positive_class
+from .labels import IMAGE_EXTS, ORDINAL, Labels, check_unique_ids, holdout_targets, positive_class
 from .store import atomic_write, atomic_write_json, require_space, stable_hash
-
-__all__ = ["IMAGE_EXTS", "Labels", "id_key"]  # where they were before labels.py
 
 
 class DataError(ValueError):
