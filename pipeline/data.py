@@ -232,7 +232,7 @@ def _labels(cfg: Config, train: pd.DataFrame, sample: pd.DataFrame, notes: list[
         raise DataError(f"metric {c.metric} reads the classes as ordered, and the targets are text {classes[:10]}: "
                         f"set competition.class_order (lowest to highest), e.g. {classes[:3]}")  # fmt: skip
     if len(classes) == 2:
-        rule = positive_class(labels, c.positive_class, list(sample.columns[1:]))
+        rule = positive_class(labels, c.positive_class, list(sample.columns[1:]), c.class_order is not None)
         notes.append(f"positive class: {labels.classes[1]!r} (a probability column holds P({labels.classes[1]})): "
                      f"{rule}")  # fmt: skip
     elif c.positive_class is not None:

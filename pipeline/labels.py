@@ -113,13 +113,15 @@ class Labels:
         return fractional and len(self.order) > max(10, n // 2)
 
 
-def positive_class(labels: Labels, configured, sample_cols: list[str]) -> str:
+def positive_class(labels: Labels, configured, sample_cols: list[str], ordered: bool = False) -> str:
     """Make the binary task's positive class index 1 (the class a probability column is for); return the rule that
-    chose it. The rule: `competition.positive_class` when set; else the class the sample's target column is named
-    after (`fake`); else for numbers the larger (1 of 0/1); else the one class spelled 1/true/yes/positive; else the
-    class that sorts last (a note says which, and how to choose)."""
+    chose it. The rule: `competition.positive_class` when set; else the last of `competition.class_order` (ordered);
+    else the class the sample's target column is named after (`fake`); else for numbers the larger (1 of 0/1); else
+    the one class spelled 1/true/yes/positive; else the class that sorts last (a note says which, and how to choose)."""
     k0, k1 = labels.order
-    if configured is not None:
+    if configured is None and ordered:
+        pos, rule = k1, "the last of competition.class_order"
+    elif configured is not None:
         pos = labels.key(str(configured))
         if pos not in (k0, k1):
             raise _error(f"competition.positive_class: {configured!r} is not a class of the training targets "

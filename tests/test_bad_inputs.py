@@ -557,6 +557,10 @@ def test_the_positive_class_of_a_binary_task_is_named_and_an_option(tmp):
     assert _what({"format": "probability", "positive_class": "fake"}) == "probabilities of 'fake'"
     named = text_binary(tmp, column="fake")  # the sample's column says which class it holds
     assert named.comp.classes == ["real", "fake"] and "column 'fake' is named after it" in " ".join(named.comp.notes)
+    ordered = text_binary(tmp, "competition.class_order=[real, fake]")
+    assert ordered.comp.classes == ["real", "fake"] and "the last of competition.class_order" in " ".join(
+        ordered.comp.notes
+    )
     with pytest.raises(DataError, match=r"positive_class: 'cat' is not a class of the training targets"):
         text_binary(tmp, "competition.positive_class=cat")
 
