@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[data] note: {note}", flush=True)
         if args.command == "status":
             return status(plan)
+        if plan.problems and not (args.force and args.command == "folds"):
+            raise ValueError("\n".join(plan.problems.values()))
         if args.command == "export":
             from .export import export
 

@@ -90,19 +90,30 @@ def image_sources(args, recipe: dict, ids: list[str]) -> tuple[list, np.ndarray 
     if not args.pixels:
         raise BundleError("--pixels test.csv is needed: this competition's images are rows of pixel columns")
     df = pd.read_csv(args.pixels, dtype=str, keep_default_na=False)
-    cols = inp["pixels"]["columns"]
-    missing = [c for c in cols if c not in df.columns]
+    pix = inp["pixels"]
+    missing = [c for c in pix["columns"] if c not in df.columns]
     if missing:
-        raise BundleError(f"{args.pixels}: pixel columns {missing[:5]} of the training CSV are missing")
-    values = df[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
+        raise BundleError(f"{args.pixels}: pixel columns {missing[:5]} of the training CSV are missing (columns are "
+                          f"matched by name)")  # fmt: skip
+    id_col = next((c for c in pix["id_cols"] if c in df.columns and c not in pix["columns"]), None)
+    if id_col is None and len(df) != len(ids):
+        raise BundleError(f"{args.pixels} has {len(df)} rows but the sample lists {len(ids)} ids")
+    if id_col is not None:  # rows by id, compared as the pipeline compares them
+        row_of = {infer.id_key(v): r for r, v in enumerate(df[id_col])}
+        absent = [i for i in ids if infer.id_key(i) not in row_of]
+        if absent:
+            raise BundleError(f"{args.pixels}: column {id_col!r} has no row for sample ids {absent[:5]}")
+        df = df.iloc[[row_of[infer.id_key(i)] for i in ids]]
+    values = df[pix["columns"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
     if np.isnan(values).any() or values.min() < 0 or values.max() > 255:
         raise BundleError(f"{args.pixels}: pixel cells must be numbers in 0..255 (or 0..1)")
-    if inp["pixels"]["fractions"]:
-        values = values * 255.0
-    if len(df) != len(ids):
-        raise BundleError(f"{args.pixels} has {len(df)} rows but the sample lists {len(ids)} ids")
-    h, w = inp["pixels"]["shape"]
-    return list(range(len(df))), np.rint(values).astype(np.uint8).reshape(-1, h, w)
+    if pix["fractions"] != (values.max() <= 1.0) and values.max() > 0:
+        raise BundleError(f"{args.pixels}: pixel values lie in 0..{values.max():g}, but the training CSVs' in "
+                          f"{'0..1' if pix['fractions'] else '0..255'}: give them on that scale")  # fmt: skip
+    h, w = pix["shape"]
+    return list(range(len(df))), np.rint(values * (255.0 if pix["fractions"] else 1.0)).astype(np.uint8).reshape(
+        -1, h, w
+    )
 
 
 class Images(torch.utils.data.Dataset):

@@ -45,6 +45,10 @@ class Competition:
     submit_format: str = "auto"  # auto | label | probability | class_probs
     embedded: str | None = None  # "digits": build this competition from scikit-learn's bundled data when missing
     holdout_labels: str | None = None  # optional CSV (id, target) of test labels kept aside, scored after submit
+    # binary tasks: the class a probability column is for; None: the rule of labels.positive_class (said at load)
+    positive_class: str | int | None = None
+    # the classes in order, for metrics that read them as ordered (qwk: required for text labels); None: sorted
+    class_order: list[str | int] | None = None
 
 
 @dataclass
@@ -200,12 +204,13 @@ CHOICES = {
 PRESETS = REPO / "configs" / "presets" / "ladder.yaml"
 
 
-# (low, high, low inclusive, high inclusive); None = unbounded. Keys of models use the field name after "models.".
+# (low, high, low inclusive, high inclusive[, why]); None = unbounded. Keys of models: the field name after "models.".
 RANGES: dict[str, tuple] = {
     "folds.n_folds": (2, None, True, True),
+    "folds.seed": (0, 2**32 - 1, True, True),
     "models.img_size": (8, 4096, True, True),
     "models.crop_pct": (0.0, 1.0, False, True),
-    "models.batch_size": (1, None, True, True),
+    "models.batch_size": (2, None, True, True, " (a training batch of one image breaks BatchNorm)"),
     "models.epochs": (1, None, True, True),
     "models.frozen_epochs": (0, None, True, True),
     "models.unfreeze": (-1, None, True, True),
@@ -226,7 +231,7 @@ RANGES: dict[str, tuple] = {
     "models.feature_grid": (1, 8, True, True),
     "models.seeds": (0, 2**31 - 1, True, True),
     "predict.batch_size": (1, None, True, True),
-    "blend.bootstrap": (0, None, True, True),
+    "blend.bootstrap": (1, None, True, True, " (resamples behind the score intervals)"),
     "runtime.num_workers": (-1, None, True, True),
     "runtime.workers": (0, None, True, True),
     "runtime.threads": (0, None, True, True),
@@ -241,13 +246,13 @@ def _check_range(value: Any, key: str, rule_key: str) -> None:
     rule = RANGES.get(rule_key)
     if rule is None or value is None:
         return
-    lo, hi, lo_in, hi_in = rule
+    lo, hi, lo_in, hi_in, *why = rule
     for v in value if isinstance(value, list) else [value]:
         bad = (lo is not None and (v < lo if lo_in else v <= lo)) or (hi is not None and (v > hi if hi_in else v >= hi))
         if bad:
             left, right = ("[" if lo_in else "(") + str(lo), str(hi) + ("]" if hi_in else ")")
             want = f"in {left}, {right}" if hi is not None else (f">= {lo}" if lo_in else f"> {lo}")
-            raise ConfigError(f"config key '{key}': {v!r} is out of range; expected a value {want}")
+            raise ConfigError(f"config key '{key}': {v!r} is out of range; expected a value {want}{''.join(why)}")
 
 
 def _check_name(value: Any, key: str, rule_key: str) -> None:
@@ -416,8 +421,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg.train = train_defaults
     cfg.models = _model_specs(raw_models, train_defaults, path.parent)
     cfg.source = str(path)
+    check_embedded(cfg.competition)
     parse_duration(cfg.runtime.budget)  # refused now, not after the work
     return cfg
+
+
+def check_embedded(c: Competition) -> None:
+    """An embedded data set is built and published under its own name only: a config copied from default.yaml for
+    another competition (a new name, a mistyped root) must not build digits and publish them under the new name."""
+    if c.embedded and c.name != c.embedded:
+        raise ConfigError(f"config key 'competition.embedded': {c.embedded!r} builds scikit-learn's {c.embedded} as "
+                          f"competition {c.embedded!r}, but this config names competition {c.name!r} (root "
+                          f"{c.root}): remove `embedded` for your own competition's data")  # fmt: skip
 
 
 def parse_duration(text: str | None, key: str = "runtime.budget") -> float | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
-import math
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +21,10 @@ import pandas as pd
 import torch
 
 from .config import Config
-from .infer import IMAGE_EXTS, InputError, load_resized, read_image  # noqa: F401 - decoding lives there
+from .infer import InputError, find_images, load_resized  # decoding lives in infer, shared with exported bundles
 from .infer import open_image as _open
+from .infer import read_image as _read_image
+from .labels import ORDINAL, Labels, check_unique_ids, holdout_targets, positive_class
 from .store import atomic_write, atomic_write_json, require_space, stable_hash
 
 
@@ -44,6 +45,7 @@ class Competition:
     test_pixels: np.ndarray | None = None
     labels: Labels | None = None  # how targets are spelled: lookup() maps any spelling to its class index
     submit_format: str = "label"  # label | probability | class_probs, resolved from the config and the sample
+    holdout_y: np.ndarray | None = None  # (n_test,) class index of each test id's held-out label, when given
     notes: list[str] = field(default_factory=list)  # what was normalised on the way (shown once by the CLI)
     pixel_fractions: bool = False  # pixels layout: the CSVs held 0..1 intensities, scaled by 255
 
@@ -75,130 +77,62 @@ MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan",
            "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}  # fmt: skip
 
 
-def _number(v: str) -> float | None:
-    try:
-        x = float(v)
-    except ValueError:
-        return None
-    return x if math.isfinite(x) else None
-
-
-class Labels:
-    """How a competition spells its classes. Labels are compared stripped of surrounding white space, and as numbers
-    when every label is a number ("1" and "1.0" are one class); each class is written back with its most common
-    spelling. Classes are ordered numerically when numeric, else alphabetically."""
-
-    def __init__(self, values: pd.Series):
-        stripped = values.str.strip()
-        self.numeric = all(_number(v) is not None for v in stripped)
-        keys = [self.key(v) for v in stripped]
-        spellings: dict = {}
-        for k, v in zip(keys, stripped):
-            spellings.setdefault(k, {}).setdefault(v, 0)
-            spellings[k][v] += 1
-        self.order = sorted(spellings)
-        self.classes = [max(spellings[k].items(), key=lambda kv: kv[1])[0] for k in self.order]
-        self.index = {k: i for i, k in enumerate(self.order)}
-        self.variants = {self.classes[self.index[k]]: sorted(v) for k, v in spellings.items() if len(v) > 1}
-        self.n_stripped = int((stripped != values).sum())
-
-    def key(self, value: str):
-        v = str(value).strip()
-        return _number(v) if self.numeric and _number(v) is not None else v
-
-    def lookup(self, value: str) -> int | None:
-        """The class index of a label spelled any way the competition spells it, or None."""
-        return self.index.get(self.key(value))
-
-
 def missing_labels(values: pd.Series) -> pd.Series:
     return values.str.strip().isin(MISSING)
 
 
-def _index_dir(folder: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Map both 'name.ext' and 'name' to the file name of every image in folder (one listing, not one stat per id);
-    and the names without extension that several files share ('s1' for s1.png and s1.jpg)."""
-    if not folder.is_dir():
-        raise DataError(f"image folder not found: {folder}")
-    index: dict[str, str] = {}
-    stems: dict[str, list[str]] = {}
-    for entry in os.scandir(folder):
-        if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTS):
-            index[entry.name] = entry.name
-            stems.setdefault(os.path.splitext(entry.name)[0], []).append(entry.name)
-    for stem, names in stems.items():
-        index.setdefault(stem, names[0])
-    return index, {k: sorted(v) for k, v in stems.items() if len(v) > 1}
+def read_image(path: str) -> np.ndarray:
+    """infer.read_image (HxWx3 uint8 RGB, the one decode path), its errors as DataError."""
+    try:
+        return _read_image(path)
+    except InputError as err:
+        raise DataError(str(err)) from None
 
 
 def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> list[str]:
-    index, ambiguous = _index_dir(folder)
-    paths, missing, unclear = [], [], []
-    for i in ids:
-        key = i + ext if ext and not i.lower().endswith(IMAGE_EXTS) else i
-        name = index.get(key)
-        if name is None:
-            missing.append(i)
-        elif not ext and key not in (name,) and key in ambiguous:
-            unclear.append(f"{i} ({', '.join(ambiguous[key])})")
-        else:
-            paths.append(str(folder / name))
-    if missing:
-        raise DataError(
-            f"{len(missing)} {what} id(s) have no image in {folder} (ids with or without extension are accepted), "
-            f"first: {missing[:5]}"
-        )
-    if unclear:
-        raise DataError(f"{len(unclear)} {what} id(s) match several files in {folder}, first: {unclear[:5]}; keep one "
-                        f"file per id, or set competition.image_ext (e.g. .png) to say which")  # fmt: skip
-    return paths
+    """The file of every id (infer.find_images: the rule an exported bundle reads test ids by too)."""
+    try:
+        return find_images(ids, folder, ext, what, hint="set competition.image_ext (e.g. .png) to say which")
+    except InputError as err:
+        raise DataError(str(err)) from None
 
 
-def _pixel_array(df: pd.DataFrame, path: Path, size: list[int] | None, fractions: bool | None = None):
-    """(n, h, w) uint8 from pixel columns, and whether they were fractions (0..1, scaled by 255). The test CSV is
-    read with the train CSV's decision, so both are scaled alike."""
-    n_pix = df.shape[1]
-    if size:
-        h, w = size
-    else:
-        h = w = int(round(math.sqrt(n_pix)))
-    if h * w != n_pix:
-        raise DataError(f"{path}: {n_pix} pixel columns do not make a {h}x{w} image; set competition.pixels_image_size")
-    values = df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float32)
-    bad = np.isnan(values)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise DataError(f"{path}: {int(bad.sum())} pixel cell(s) are empty or not numbers, first at data row {r + 1}, "
-                        f"column {df.columns[c]!r} (value {df.iat[r, c]!r})")  # fmt: skip
-    if values.min() < 0 or values.max() > 255:
-        raise DataError(f"{path}: pixel values must lie in 0..255 (or 0..1), found {values.min()}..{values.max()}")
-    if fractions is None:
-        fractions = bool(values.max() <= 1.0)  # intensities given as 0..1: scaled by 255, not truncated to 0 and 1
-    elif fractions and values.max() > 1.0:
-        raise DataError(f"{path}: pixel values up to {values.max()}, but the train CSV's lie in 0..1; use one scale")
-    if fractions:
-        values = values * 255.0
-    return np.rint(values).astype(np.uint8).reshape(-1, h, w), fractions
+def _read_sample(path: Path) -> pd.DataFrame:
+    sample = read_csv(path, "sample submission")
+    if sample.shape[1] < 2:
+        raise DataError(f"{path}: expected an id column and at least one target column")
+    if len(sample) == 0:
+        raise DataError(f"{path} lists no test ids: there is nothing to predict (a header-only submission "
+                        f"would be published)")  # fmt: skip
+    check_unique_ids(sample.iloc[:, 0], str(path))
+    return sample
+
+
+def _embedded(c, root: Path) -> None:
+    """Build the embedded data set when missing; a root that holds other data is refused (not published as it)."""
+    from . import embedded
+
+    if not (root / c.sample_submission).is_file():
+        embedded.build_embedded(c.embedded, root)
+        return
+    readme = root / "README.txt"  # written by the builder: names the data set and scikit-learn
+    text = readme.read_text() if readme.is_file() else ""
+    if c.embedded not in text or "scikit-learn" not in text:
+        raise DataError(f"{root} holds a competition that was not built from the embedded {c.embedded!r} data, and "
+                        f"competition.embedded is {c.embedded!r}: remove `embedded` from the config for your own "
+                        f"data, or point competition.root to the embedded data's folder")  # fmt: skip
 
 
 def load_competition(cfg: Config) -> Competition:
     c = cfg.competition
     root = cfg.root
-    if c.embedded and not (root / c.sample_submission).is_file():
-        from .embedded import build_embedded
+    from .layouts import class_folders, pixel_tables
 
-        build_embedded(c.embedded, root)
+    if c.embedded:
+        _embedded(c, root)
     sample_path = root / c.sample_submission
-    sample = read_csv(sample_path, "sample submission")
-    if sample.shape[1] < 2:
-        raise DataError(f"{sample_path}: expected an id column and at least one target column")
-    if len(sample) == 0:
-        raise DataError(f"{sample_path} lists no test ids: there is nothing to predict (a header-only submission "
-                        f"would be published)")  # fmt: skip
+    sample = _read_sample(sample_path)
     test_ids = sample.iloc[:, 0]
-    dup = test_ids[test_ids.duplicated()]
-    if len(dup):
-        raise DataError(f"{sample_path}: duplicated ids, first: {list(dup[:5])}")
     train_pixels = test_pixels = None
     notes: list[str] = []
     fractions = False
@@ -207,71 +141,83 @@ def load_competition(cfg: Config) -> Competition:
         path = root / c.train_csv
         df = read_csv(path, "train CSV")
         require_columns(df, [c.id_col, c.target_col] + ([c.group_col] if c.group_col else []), path)
-        train = pd.DataFrame({"id": df[c.id_col], "target": df[c.target_col]})
+        train = pd.DataFrame({"id": df[c.id_col].str.strip(), "target": df[c.target_col]})
         if c.group_col:
-            train["group"] = df[c.group_col]
+            train["group"] = df[c.group_col].str.strip()
         train_sources = resolve_images(train["id"], root / c.train_dir, c.image_ext, "train")
         test_sources = resolve_images(test_ids, root / c.test_dir, c.image_ext, "test")
     elif c.layout == "folders":
-        tdir = root / c.train_dir
-        if not tdir.is_dir():
-            raise DataError(f"train folder not found: {tdir} (expected one sub-folder per class)")
-        rows = []
-        for cls in sorted(p.name for p in tdir.iterdir() if p.is_dir()):
-            for name in sorted(os.listdir(tdir / cls)):
-                if name.lower().endswith(IMAGE_EXTS):
-                    rows.append((f"{cls}/{name}", cls, str(tdir / cls / name)))
-        if not rows:
-            raise DataError(f"{tdir}: no images found in class sub-folders")
-        train = pd.DataFrame(rows, columns=["id", "target", "source"])
-        train_sources = train.pop("source").tolist()
+        train, train_sources = class_folders(root / c.train_dir, notes)
         test_sources = resolve_images(test_ids, root / c.test_dir, c.image_ext, "test")
     else:  # pixels
-        path = root / c.train_csv
-        df = read_csv(path, "train CSV")
-        require_columns(df, [c.target_col], path)
-        train = pd.DataFrame({"id": [str(i) for i in range(len(df))], "target": df[c.target_col]})
-        train_pixels, fractions = _pixel_array(df.drop(columns=[c.target_col]), path, c.pixels_image_size)
-        if fractions:
-            notes.append(f"{path}: pixel values lie in 0..1; scaled by 255 (train and test alike)")
-        tpath = root / c.test_csv
-        tdf = read_csv(tpath, "test CSV")
-        test_pixels, _ = _pixel_array(tdf, tpath, c.pixels_image_size or list(train_pixels.shape[1:]), fractions)
-        if len(tdf) != len(test_ids):
-            raise DataError(f"{tpath} has {len(tdf)} rows but {root / c.sample_submission} lists {len(test_ids)} ids")
-        train_sources = list(range(len(train)))
-        test_sources = list(range(len(tdf)))  # the i-th sample_submission row is the i-th test CSV row
+        train, train_pixels, test_pixels, fractions = pixel_tables(c, root, sample, notes)
+        train_sources, test_sources = list(range(len(train))), list(range(len(test_ids)))
 
-    if train["id"].duplicated().any():
-        raise DataError(f"train ids must be unique, repeated: {list(train['id'][train['id'].duplicated()][:5])}")
+    check_unique_ids(train["id"], "train ids")
+    labels = _labels(cfg, train, sample, notes)
+    train["y"] = [labels.lookup(v) for v in train["target"]]
+    _check_folds(cfg, labels, train["y"].to_numpy(), notes)
+    holdout_y = None
+    if c.holdout_labels:  # read now: a wrong path or label is said before any work
+        holdout_y = holdout_targets(read_csv(root / c.holdout_labels, "held-out labels"), root / c.holdout_labels,
+                                    sample, labels)  # fmt: skip
+    from .submission import resolve_format
+
+    fmt, fmt_notes = resolve_format(sample, labels, c.task, c.submit_format, c.metric, sample_path)
+    return Competition(
+        c.name, train.reset_index(drop=True), test_ids.reset_index(drop=True), labels.classes, train_sources,
+        test_sources, sample, train_pixels, test_pixels, labels, fmt, holdout_y, notes + fmt_notes,
+        pixel_fractions=c.layout == "pixels" and fractions,
+    )  # fmt: skip
+
+
+def _labels(cfg: Config, train: pd.DataFrame, sample: pd.DataFrame, notes: list[str]) -> Labels:
+    """The classes of the train targets, in the order the metric and the submission columns read them."""
+    c = cfg.competition
     empty = missing_labels(train["target"])
     if empty.any():
         raise DataError(f"{int(empty.sum())} train row(s) without a target (empty, or a word pandas reads as missing "
                         f"such as NaN or NA), first ids: {list(train['id'][empty][:5])}")  # fmt: skip
     if c.group_col:
-        no_group = train["group"].str.strip() == ""
+        no_group = train["group"] == ""
         if no_group.any():
             raise DataError(f"{int(no_group.sum())} train row(s) have an empty '{c.group_col}' (the group column); "
                             f"they would all form one group. First ids: {list(train['id'][no_group][:5])}")  # fmt: skip
-    labels = Labels(train["target"])
+    strict = c.layout == "folders"  # two folders are two things a user made: never merged
+    labels = Labels(train["target"], c.class_order, strict, f"class folders in {cfg.root / c.train_dir}")
     classes = labels.classes
     if labels.n_stripped:
         notes.append(f"{labels.n_stripped} train target(s) had white space around them; compared without it")
     for spelled, variants in labels.variants.items():
         notes.append(f"train targets {variants} are one class, written back as {spelled!r}")
+    if labels.regression_like():
+        raise DataError(f"competition.target_col {c.target_col!r} looks like a regression target: {len(classes)} "
+                        f"distinct numbers with fractions among {len(train)} rows (e.g. {classes[:3]}); this pipeline "
+                        f"classifies: bin the targets into classes")  # fmt: skip
     if len(classes) < 2:
         raise DataError(f"the training targets hold {len(classes)} class(es); at least 2 are needed")
     if c.task == "binary" and len(classes) != 2:
         raise DataError(f"competition.task is binary but the targets hold {len(classes)} classes: {classes[:10]}")
-    train["y"] = [labels.lookup(v) for v in train["target"]]
-    from .submission import resolve_format
+    if c.metric in ORDINAL and not labels.numeric and c.class_order is None:
+        raise DataError(f"metric {c.metric} reads the classes as ordered, and the targets are text {classes[:10]}: "
+                        f"set competition.class_order (lowest to highest), e.g. {classes[:3]}")  # fmt: skip
+    if len(classes) == 2:
+        rule = positive_class(labels, c.positive_class, list(sample.columns[1:]), c.class_order is not None)
+        notes.append(f"positive class: {labels.classes[1]!r} (a probability column holds P({labels.classes[1]})): "
+                     f"{rule}")  # fmt: skip
+    elif c.positive_class is not None:
+        raise DataError(f"competition.positive_class is for two classes; the targets hold {len(classes)}")
+    return labels
 
-    fmt, fmt_notes = resolve_format(sample, labels, c.task, c.submit_format, c.metric, sample_path)
-    return Competition(
-        c.name, train.reset_index(drop=True), test_ids.reset_index(drop=True), classes, train_sources, test_sources,
-        sample, train_pixels, test_pixels, labels, fmt, notes + fmt_notes,
-        pixel_fractions=c.layout == "pixels" and fractions,
-    )  # fmt: skip
+
+def _check_folds(cfg: Config, labels: Labels, y: np.ndarray, notes: list[str]) -> None:
+    n_folds, counts = cfg.folds.n_folds, np.bincount(y, minlength=len(labels.classes))
+    few = {labels.classes[k]: int(n) for k, n in enumerate(counts) if n < n_folds}
+    if counts.max() < n_folds:
+        raise DataError(f"folds.n_folds={n_folds} is more than the train rows of every class (rows per class: "
+                        f"{dict(zip(labels.classes, counts.tolist()))}): lower folds.n_folds")  # fmt: skip
+    if few:
+        notes.append(f"class(es) with fewer train rows than folds.n_folds={n_folds}: {few}; some folds hold none")
 
 
 def check_image(data: bytes, path) -> str | None:

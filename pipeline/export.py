@@ -111,14 +111,17 @@ def model_entry(plan: Plan, blend: Unit, report: dict, name: str, out: Path, hal
 
 
 def input_recipe(plan: Plan) -> dict:
+    """How test images are found: by id in a folder, or as rows of a pixel CSV (its columns those of train, by name;
+    its rows by an id column when it has one, else in the sample's order; the scale the pipeline decided)."""
     c, comp = plan.cfg.competition, plan.comp
     inp = {"layout": c.layout, "image_ext": c.image_ext, "pixels": None}
     if c.layout == "pixels":
         import pandas as pd
 
-        columns = list(pd.read_csv(plan.cfg.root / c.test_csv, dtype=str, nrows=0).columns)
+        header = pd.read_csv(plan.cfg.root / c.train_csv, dtype=str, nrows=0).columns
         inp["pixels"] = {"shape": list(comp.test_pixels.shape[1:]), "fractions": comp.pixel_fractions,
-                         "columns": columns}  # fmt: skip
+                         "columns": [x for x in header if x not in (c.target_col, c.id_col)],
+                         "id_cols": list(dict.fromkeys([c.id_col, comp.sample.columns[0]]))}  # fmt: skip
     return inp
 
 

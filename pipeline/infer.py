@@ -13,13 +13,16 @@ import contextlib
 import io
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# the extensions PIL reads that image folders hold (lower case); an id ending in one of them names the file
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".gif", ".ppm",
+              ".pgm", ".pbm", ".pnm", ".tga")  # fmt: skip
 MAX_PIXELS = 89_478_485  # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS)
 PIL_INTERP = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
@@ -94,31 +97,60 @@ def load_resized(source, pixels: np.ndarray | None, size: int, interp: str) -> n
     return resize(decode(source, pixels), size, interp)
 
 
-def find_images(ids, folder, ext: str | None, what: str) -> list[str]:
-    """The file of every id in `folder` (ids with or without their extension; `ext` appended when set)."""
-    if not os.path.isdir(folder):
+def id_key(value: str) -> str:
+    """The one rule ids are compared by: no surrounding white space, no image extension."""
+    v = str(value).strip()
+    return v[: -len(ext)] if (ext := next((e for e in IMAGE_EXTS if v.lower().endswith(e)), "")) else v
+
+
+def _index_dir(folder: Path) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Map both 'name.ext' and 'name' to the file name of every image in folder (one listing, not one stat per id);
+    and the names without extension that several files share ('s1' for s1.png and s1.jpg)."""
+    if not folder.is_dir():
         raise InputError(f"image folder not found: {folder}")
-    index, stems = {}, {}
+    index: dict[str, str] = {}
+    stems: dict[str, list[str]] = {}
     for entry in os.scandir(folder):
         if entry.is_file() and entry.name.lower().endswith(IMAGE_EXTS):
             index[entry.name] = entry.name
             stems.setdefault(os.path.splitext(entry.name)[0], []).append(entry.name)
+    for stem, names in stems.items():
+        index.setdefault(stem, names[0])
+    return index, {k: sorted(v) for k, v in stems.items() if len(v) > 1}
+
+
+def _on_disk(folder: Path, key: str) -> str | None:
+    """An id the folder's listing lacks that the file system still opens: a path below the folder (`day2/x.png`), or
+    another case of a name where the file system ignores case. Its path relative to the folder, or None."""
+    path = folder / key
+    inside = path.resolve().is_relative_to(folder.resolve())
+    return key if inside and path.name.lower().endswith(IMAGE_EXTS) and path.is_file() else None
+
+
+def find_images(ids, folder, ext: str | None, what: str, hint: str = "set input.image_ext in recipe.json") -> list[str]:
+    """The file of every id in `folder`: ids compared without surrounding white space, with or without their
+    extension (`ext` appended when set, `png` meaning `.png`), or a path below the folder; an id matching several
+    files (s1.png and s1.jpg) is refused, `hint` saying how to choose."""
+    folder = Path(folder)
+    index, ambiguous = _index_dir(folder)
+    if ext and not ext.startswith("."):
+        ext = "." + ext
     paths, missing, unclear = [], [], []
-    for i in ids:
+    for i in (str(v).strip() for v in ids):
         key = i + ext if ext and not i.lower().endswith(IMAGE_EXTS) else i
-        name = index.get(key) or (stems.get(key, [None])[0] if len(stems.get(key, [])) == 1 else None)
-        if name is None and len(stems.get(key, [])) > 1:
-            unclear.append(f"{i} ({', '.join(sorted(stems[key]))})")
-        elif name is None:
+        name = index.get(key) or _on_disk(folder, key)
+        if name is None:
             missing.append(i)
+        elif not ext and key not in (name,) and key in ambiguous:
+            unclear.append(f"{i} ({', '.join(ambiguous[key])})")
         else:
-            paths.append(os.path.join(folder, name))
+            paths.append(str(folder / name))
     if missing:
         raise InputError(f"{len(missing)} {what} id(s) have no image in {folder} (ids with or without extension are "
                          f"accepted), first: {missing[:5]}")  # fmt: skip
     if unclear:
         raise InputError(f"{len(unclear)} {what} id(s) match several files in {folder}, first: {unclear[:5]}; keep "
-                         f"one file per id, or set the image extension to say which")  # fmt: skip
+                         f"one file per id, or {hint}")  # fmt: skip
     return paths
 
 

@@ -10,7 +10,8 @@ GREATER_IS_BETTER = {"accuracy": True, "logloss": False, "auc": True, "f1_macro"
 
 
 def score(metric: str, y: np.ndarray, probs: np.ndarray) -> float:
-    """y: (n,) int class indices; probs: (n, n_classes) rows summing to 1."""
+    """y: (n,) int class indices; probs: (n, n_classes) rows summing to 1. qwk reads the indices as ordered: they
+    follow competition.class_order (or the sorted classes), chosen once in labels.Labels."""
     y = np.asarray(y)
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(1, keepdims=True)  # float32 inputs drift from 1 by ~1e-7, which sklearn warns about

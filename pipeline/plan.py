@@ -32,6 +32,7 @@ class Plan:
     by_key: dict[str, Unit] = field(default_factory=dict)
     deps: dict[str, list[str]] = field(default_factory=dict)  # unit key -> keys of the units it reads
     forced: set[str] = field(default_factory=set)  # keys redone by --force in this run (folds may then republish)
+    problems: dict[str, str] = field(default_factory=dict)  # unit key -> why a done unit no longer matches a file
     deadline: float | None = None  # epoch seconds by which the unit in progress must stop (a time budget)
     _fingerprints: dict[str, str] = field(default_factory=dict)
 
@@ -113,10 +114,14 @@ def require_done(store: Store, unit: Unit) -> dict:
 
 
 def table_hashes(comp: Competition) -> dict[str, str]:
-    """Separate keys for the train table (ids, targets, groups) and the test ids, so that a reordered
+    """Separate keys for the train table (ids, targets, groups, and the class order when it is not the sorted one:
+    class_order, positive_class) and the test ids, so that a reordered
     sample_submission redoes test predictions only, and new train labels never reuse a test cache."""
     cols = ["id", "target"] + (["group"] if "group" in comp.train else [])
-    return {"train": stable_hash(comp.train[cols].to_numpy().tolist()), "test": stable_hash(comp.test_ids.tolist())}
+    rows = comp.train[cols].to_numpy().tolist()
+    if comp.labels is not None and not comp.labels.natural:  # the class order decides y: keyed when not the sorted one
+        rows = {"rows": rows, "classes": comp.classes}
+    return {"train": stable_hash(rows), "test": stable_hash(comp.test_ids.tolist())}
 
 
 def build_plan(cfg: Config) -> Plan:
@@ -127,4 +132,7 @@ def build_plan(cfg: Config) -> Plan:
     for stage in STAGES.values():
         for unit in stage.units(plan):
             plan.add(unit)
+    for stage in STAGES.values():
+        if hasattr(stage, "check"):
+            plan.problems.update(stage.check(plan))
     return plan

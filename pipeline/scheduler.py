@@ -265,6 +265,8 @@ def status(plan: Plan) -> int:
         owner = claims.live_owner(plan.store.dir(unit), plan.cfg.runtime.claim_timeout)
         if owner and plan.store.read_marker(unit) is None:
             state, reason = "running", f"({owner.get('host')}, pid {owner.get('pid')})"
+        elif unit.key in plan.problems:
+            state, reason = "broken", plan.problems[unit.key]
         else:
             state, reason = plan.store.status(unit, STAGES[unit.stage].PARTIAL)
         counts[state] = counts.get(state, 0) + 1

@@ -50,6 +50,9 @@ def edit_csv(path, fn):
         ("models.tiny.name=../../../../../x", r"models\[0\]\.name': '\.\./\.\./\.\./\.\./\.\./x' is not a safe name"),
         ("competition.name=../../x", r"'competition\.name': '\.\./\.\./x' is not a safe name"),
         ("submit.name=a/b", r"'submit\.name': 'a/b' is not a safe name"),
+        ("blend.bootstrap=0", r"'blend\.bootstrap': 0 is out of range; expected a value >= 1"),
+        ("train.batch_size=1", r"models\[0\]\.batch_size': 1 is out of range; expected a value >= 2 \(a training"),
+        ("folds.seed=-1", r"'folds\.seed': -1 is out of range; expected a value in \[0, 4294967295\]"),
     ],
 )
 def test_config_values_and_names_are_refused_by_key(tmp, override, message):
@@ -374,10 +377,261 @@ def test_auc_on_a_fold_without_a_class_selects_by_log_loss_and_says_so(tmp):
     assert any("logloss" in s for s in chosen) and any("auc" in s for s in chosen)
 
 
-def test_holdout_labels_of_an_unknown_class_are_named(tmp):
-    from pipeline.stages.submit import holdout_score
-
-    plan = plan_of(tmp)
+def test_holdout_labels_are_checked_at_load_wrong_path_or_unknown_class(tmp):
+    cfg = cfg_path(tmp)
+    with pytest.raises(DataError, match=r"held-out labels not found: .*nope.csv"):
+        build_plan(load_config(cfg, ["competition.holdout_labels=nope.csv"]))  # before any training, not after
     edit_csv(tmp / "comp-csv" / "labels.csv", lambda d: d.assign(digit=["7"] + list(d["digit"][1:])))
     with pytest.raises(DataError, match=r"labels.csv: 1 held-out label\(s\) are not classes .*\('s\d+', '7'\)"):
-        holdout_score(plan, np.full((9, 3), 1 / 3))
+        build_plan(load_config(cfg))
+
+
+# ---------------------------------------------------------------- every input that decides a result is keyed
+def keys(plan) -> dict[str, str]:
+    return {u.label: u.key for u in plan.units}
+
+
+def changed(before, after) -> list[str]:
+    """The units of `after` whose keys differ from `before`'s, and why as `status` says it."""
+    from pipeline.store import diff_reason
+
+    old = {u.label: u for u in before.units}
+    marker = lambda u: {"version": u.version, "params": u.params, "inputs": u.inputs}  # noqa: E731
+    return sorted(
+        f"{u.label}: {diff_reason(marker(old[u.label]), u)}" for u in after.units if old[u.label].key != u.key
+    )
+
+
+def test_a_changed_sample_header_or_type_redoes_submit_only_and_says_why(tmp):
+    before = plan_of(tmp)
+    edit_csv(tmp / "comp-csv" / "sample_submission.csv", lambda d: d.rename(columns={"digit": "label"}))
+    renamed = plan_of(tmp)
+    assert changed(before, renamed) == [
+        "report/blend: input submit/blend changed",
+        "submit/blend: sample.columns: ['image_id', 'digit'] -> ['image_id', 'label']",
+    ]
+    edit_csv(tmp / "comp-csv" / "sample_submission.csv", lambda d: d.assign(label="none"))  # numbers -> text
+    assert "submit/blend: sample.types: ['number'] -> ['text']" in changed(renamed, plan_of(tmp))
+    edit_csv(tmp / "comp-csv" / "sample_submission.csv",
+             lambda d: d.drop(columns="label").assign(**{"0": "0.3", "1": "0.3", "2": "0.4"}))  # fmt: skip
+    probs = plan_of(tmp)
+    assert probs.comp.submit_format == "class_probs"
+    assert [c.split(":")[0] for c in changed(before, probs)] == ["report/blend", "submit/blend"]
+
+
+def test_edited_holdout_labels_are_scored_again(tmp):
+    before = plan_of(tmp)
+    edit_csv(tmp / "comp-csv" / "labels.csv", lambda d: d.assign(digit=list(reversed(d["digit"]))))
+    after = plan_of(tmp)
+    assert changed(before, after) == ["report/blend: input submit/blend changed",
+                                      "submit/blend: input holdout_labels changed"]  # fmt: skip
+    from pipeline.stages.submit import holdout_score
+
+    y = pd.read_csv(tmp / "comp-csv" / "labels.csv", dtype=str)["digit"].astype(int).to_numpy()
+    assert holdout_score(after, np.eye(3)[y]) == 1.0  # the edited labels, not the ones read first
+
+
+def test_a_published_folds_csv_edited_after_the_run_is_said_and_refused(tmp):
+    cfg = str(cfg_path(tmp))
+    run_cli("folds", "--config", cfg)
+    published = tmp / "folds" / "tiny-csv.csv"
+    original = published.read_text()
+    lines = original.splitlines()
+    lines[1] = lines[1][:-1] + str((int(lines[1][-1]) + 1) % 3)  # one row moved to another fold: same size
+    published.write_text("\n".join(lines) + "\n")
+    status = run_cli("status", "--config", cfg).stdout
+    assert re.search(
+        r"^broken +folds/tiny-csv +.*tiny-csv.csv is not the fold assignment the models were trained and scored on",
+        status,
+        re.M,
+    )
+    proc = run_cli("all", "--config", cfg, check=False)
+    assert proc.returncode == 1 and "edited by hand, or published by a run with other" in proc.stderr
+    assert "[train]" not in proc.stdout and "folds --force" in proc.stderr
+    run_cli("folds", "--config", cfg, "--force")
+    assert published.read_text() == original
+    assert "broken" not in run_cli("status", "--config", cfg).stdout
+
+
+def test_an_ordinal_metric_needs_the_class_order_of_text_labels_and_keys_it(tmp):
+    with pytest.raises(DataError, match=r"metric qwk reads the classes as ordered, .*set competition.class_order"):
+        plan_of(tmp, layout="folders", competition={"metric": "qwk"})
+    with pytest.raises(DataError, match=r"class_order \['zero', 'two'\] must list each class .*missing \['one'\]"):
+        plan_of(tmp, "competition.class_order=[zero, two]", layout="folders", competition={"metric": "qwk"})
+    plan = plan_of(tmp, "competition.class_order=[two, zero, one]", layout="folders", competition={"metric": "qwk"})
+    assert plan.comp.classes == ["two", "zero", "one"]
+    assert (plan.comp.train["y"] == plan.comp.train["target"].map({"two": 0, "zero": 1, "one": 2})).all()
+    sorted_plan = plan_of(tmp, "competition.class_order=[one, two, zero]", layout="folders")  # the sorted order
+    assert sorted_plan.tables == plan_of(tmp, layout="folders").tables != plan.tables  # keyed only when not sorted
+
+
+# ---------------------------------------------------------------- columns by name, identities normalised once
+def test_pixel_test_csv_columns_are_matched_by_name_and_rows_by_id(tmp):
+    plain = plan_of(tmp, layout="pixels").comp
+    comp_dir = tmp / "comp-pixels"
+    test = pd.read_csv(comp_dir / "test.csv", dtype=str)
+    cols = [c for c in test.columns if c.startswith("pixel")]
+    shuffled = test[cols[::-1]].assign(label="3", ImageId=[str(i) for i in range(1, len(test) + 1)]).iloc[::-1]
+    shuffled.to_csv(comp_dir / "test.csv", index=False)  # reversed columns and rows, an id and a label column
+    comp = plan_of(tmp, layout="pixels").comp
+    np.testing.assert_array_equal(comp.test_pixels, plain.test_pixels)
+    assert any("column 'label' (competition.target_col) is not a pixel column" in n for n in comp.notes)
+    edit_csv(comp_dir / "train.csv", lambda d: d.assign(id=[f"r{i}" for i in range(len(d))]))  # an id, not a pixel
+    train = plan_of(tmp, layout="pixels").comp
+    np.testing.assert_array_equal(train.train_pixels, plain.train_pixels)
+    assert train.train["id"].tolist() == [f"r{i}" for i in range(36)]
+    shuffled.drop(columns="pixel7").to_csv(comp_dir / "test.csv", index=False)
+    with pytest.raises(DataError, match=r"test.csv: pixel columns are matched .* 1 missing \(first \['pixel7'\]\)"):
+        plan_of(tmp, layout="pixels")
+
+
+def test_pixel_csvs_on_two_scales_are_refused(tmp):
+    cfg = cfg_path(tmp, "pixels")
+    df = pd.read_csv(tmp / "comp-pixels" / "test.csv")
+    (df / 255.0).to_csv(tmp / "comp-pixels" / "test.csv", index=False)  # train 0..255, test 0..1
+    with pytest.raises(DataError, match=r"train.csv lie in 0\.\.255 and of .*test.csv in 0\.\.1: give both on one"):
+        build_plan(load_config(cfg))
+
+
+def test_ids_that_are_one_id_are_refused_naming_both_spellings(tmp):
+    cfg = cfg_path(tmp)
+    train = pd.read_csv(tmp / "comp-csv" / "train.csv", dtype=str)
+    bare = next(i for i in train["image_id"] if "." not in i)
+    train.loc[len(train)] = [f" {bare}.png", "0"]  # the same image spelled with white space and its extension
+    train.to_csv(tmp / "comp-csv" / "train.csv", index=False)
+    with pytest.raises(DataError, match=rf"train ids must be unique: 1 id\(s\) repeated .*'{bare}' and '{bare}.png'"):
+        build_plan(load_config(cfg))
+    edit_csv(tmp / "comp-csv" / "sample_submission.csv", lambda d: d.assign(image_id=[d["image_id"][1] + ".png"]
+                                                                            + list(d["image_id"][1:])))  # fmt: skip
+    with pytest.raises(DataError, match=r"sample_submission.csv must be unique: .*'s\d+.png' and 's\d+'"):
+        build_plan(load_config(cfg))
+
+
+def test_class_folders_that_would_be_one_class_are_refused_naming_both(tmp):
+    cfg = cfg_path(tmp, "folders")
+    train = tmp / "comp-folders" / "train"
+    (train / "zero").rename(train / "0")
+    (train / "one").rename(train / "1")
+    (train / "two").rename(train / "01")  # as numbers, 1 and 01 are one class
+    with pytest.raises(DataError, match=r"class folders in .*train: \['01', '1'\] would be one class"):
+        build_plan(load_config(cfg))
+
+
+def test_groups_are_compared_without_white_space(tmp):
+    make = write_config(tmp, "csv", models=TINY)
+    edit_csv(tmp / "comp-csv" / "train.csv", lambda d: d.assign(patient=[f"p{i // 2}" + " " * (i % 2)
+                                                                         for i in range(len(d))]))  # fmt: skip
+    plan = build_plan(load_config(make, ["competition.group_col=patient"]))
+    assert plan.comp.train["group"].nunique() == len(plan.comp.train) // 2
+
+
+# ---------------------------------------------------------------- what the file means
+def text_binary(tmp, *overrides, column="species"):
+    """The folders competition with two classes spelled as words: fake (digit 0) and real (digit 1)."""
+    root = tmp / "comp-folders"
+    if not root.exists():
+        write_config(tmp, "folders")
+        (root / "train" / "zero").rename(root / "train" / "fake")
+        (root / "train" / "one").rename(root / "train" / "real")
+        for p in (root / "train" / "two").iterdir():
+            p.unlink()
+        (root / "train" / "two").rmdir()
+    sample = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    pd.DataFrame({"file": sample.iloc[:, 0], column: "0.5"}).to_csv(root / "sample_submission.csv", index=False)
+    edit_csv(root / "labels.csv", lambda d: d[d["species"] != "two"].replace({"zero": "fake", "one": "real"}))
+    keep = set(pd.read_csv(root / "labels.csv", dtype=str)["file"])
+    edit_csv(root / "sample_submission.csv", lambda d: d[d["file"].isin(keep)])
+    return plan_of(tmp, *overrides, layout="folders", competition={"task": "binary", "metric": "auc"})
+
+
+def test_the_positive_class_of_a_binary_task_is_named_and_an_option(tmp):
+    from pipeline.stages.submit import _what, sample_params
+
+    plan = text_binary(tmp)
+    assert plan.comp.submit_format == "probability" and plan.comp.classes == ["fake", "real"]
+    assert "positive class: 'real' (a probability column holds P(real)): the class that sorts last; set " \
+           "competition.positive_class to choose" in plan.comp.notes  # fmt: skip
+    chosen = text_binary(tmp, "competition.positive_class=fake")
+    assert chosen.comp.classes == ["real", "fake"] and sample_params(chosen.comp)["positive_class"] == "fake"
+    assert chosen.tables["train"] != plan.tables["train"]  # every unit that reads the class order is redone
+    assert _what({"format": "probability", "positive_class": "fake"}) == "probabilities of 'fake'"
+    named = text_binary(tmp, column="fake")  # the sample's column says which class it holds
+    assert named.comp.classes == ["real", "fake"] and "column 'fake' is named after it" in " ".join(named.comp.notes)
+    ordered = text_binary(tmp, "competition.class_order=[real, fake]")
+    assert ordered.comp.classes == ["real", "fake"] and "the last of competition.class_order" in " ".join(
+        ordered.comp.notes
+    )
+    with pytest.raises(DataError, match=r"positive_class: 'cat' is not a class of the training targets"):
+        text_binary(tmp, "competition.positive_class=cat")
+
+
+def test_console_names_the_format_in_words():
+    from pipeline.stages.submit import _what
+
+    assert [_what({"format": f}) for f in ("label", "class_probs")] == ["labels", "class probabilities"]
+
+
+# ---------------------------------------------------------------- every image a layout holds is read or named
+def test_nested_class_folders_and_every_pil_format_are_read_or_named(tmp):
+    cfg = cfg_path(tmp, "folders")
+    root = tmp / "comp-folders"
+    zero = sorted((root / "train" / "zero").iterdir())
+    (root / "train" / "zero" / "batch2").mkdir()
+    zero[0].rename(root / "train" / "zero" / "batch2" / zero[0].name)  # a subfolder inside a class folder
+    for src, ext in zip(zero[1:4], (".gif", ".jfif", ".tif")):
+        Image.open(src).save(src.with_suffix(ext), format={".jfif": "JPEG"}.get(ext))
+        src.unlink()
+    (root / "train" / "zero" / "notes.txt").write_text("not an image")
+    test = sorted((root / "test").iterdir())[0]
+    Image.open(test).save(test.with_suffix(".gif"))
+    test.unlink()
+    second = sorted((root / "test").iterdir())[1]
+    (root / "test" / "day2").mkdir()
+    second.rename(root / "test" / "day2" / second.name)  # a test id that is a path below the test folder
+    ids = lambda d: ["day2/" + f if f == second.name else f.removesuffix(".png") for f in d["file"]]  # noqa: E731
+    edit_csv(root / "sample_submission.csv", lambda d: d.assign(file=ids(d)))
+    edit_csv(root / "labels.csv", lambda d: d.assign(file=ids(d)))
+    comp = build_plan(load_config(cfg)).comp
+    assert str(root / "test" / "day2" / second.name) in comp.test_sources
+    assert len(comp.train) == 36  # none dropped
+    assert f"zero/batch2/{zero[0].name}" in set(comp.train["id"])
+    assert {"zero/" + zero[1].stem + ".gif", "zero/" + zero[2].stem + ".jfif"} <= set(comp.train["id"])
+    assert any("1 file(s) skipped, not an image extension" in n and "zero/notes.txt" in n for n in comp.notes)
+    assert any(s.endswith(".gif") for s in comp.test_sources)
+    assert read_image(next(s for s in comp.test_sources if s.endswith(".gif"))).shape == (8, 8, 3)
+
+
+# ---------------------------------------------------------------- an embedded config under another name or root
+def test_embedded_data_is_built_only_as_itself(tmp):
+    other = tmp / "other.yaml"
+    other.write_text("competition: {name: leaves, root: data/leavs, embedded: digits}\n")
+    with pytest.raises(ConfigError, match=r"'competition.embedded': 'digits' builds .* names competition 'leaves'"):
+        load_config(other)
+    cfg = cfg_path(tmp, competition={"name": "digits", "embedded": "digits"})  # the csv test data, not digits
+    with pytest.raises(DataError, match=r"comp-csv holds a competition that was not built from the embedded"):
+        build_plan(load_config(cfg))
+    assert not (tmp / "comp-csv" / "README.txt").exists()
+
+
+# ---------------------------------------------------------------- unclear failures made clear
+def test_image_ext_without_a_dot_is_taken(tmp):
+    cfg = cfg_path(tmp, "folders")
+    edit_csv(tmp / "comp-folders" / "sample_submission.csv", lambda d: d.assign(file=[f[:-4] for f in d["file"]]))
+    comp = build_plan(load_config(cfg, ["competition.image_ext=png"])).comp
+    assert all(s.endswith(".png") for s in comp.test_sources)
+
+
+def test_continuous_targets_are_named_as_regression_like(tmp):
+    cfg = cfg_path(tmp)
+    edit_csv(tmp / "comp-csv" / "train.csv", lambda d: d.assign(digit=[f"{0.37 * i:.3f}" for i in range(len(d))]))
+    with pytest.raises(DataError, match=r"competition.target_col 'digit' looks like a regression target: 36 distinct"):
+        build_plan(load_config(cfg))
+
+
+def test_more_folds_than_rows_of_a_class_names_the_class_and_counts(tmp):
+    cfg = cfg_path(tmp)
+    with pytest.raises(DataError, match=r"folds.n_folds=13 is more than the train rows of every class .*'0': 12"):
+        build_plan(load_config(cfg, ["folds.n_folds=13"]))
+    edit_csv(tmp / "comp-csv" / "train.csv", lambda d: d.drop(d.index[d["digit"] == "2"][2:]))
+    notes = build_plan(load_config(cfg)).comp.notes
+    assert "class(es) with fewer train rows than folds.n_folds=3: {'2': 2}; some folds hold none" in notes

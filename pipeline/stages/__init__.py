@@ -7,6 +7,8 @@
   rebuilds from the config; it reads inputs only through `plan.load_input` (their own stage's loader);
 - `load(plan, unit)`: what consumers get from a done unit;
 - optionally `after(plan, units, **options)`: run in the main process once the stage's units are done;
+- optionally `check(plan) -> {unit key: problem}`: a done unit whose published copy outside the store no longer is
+  what it wrote (an edited folds/<competition>.csv); `status` shows it as broken, a run refuses it;
 - optionally `narrow(plan, unit, missing) -> Unit`: the stage takes what is done (the report): when run on its own
   with inputs not done, its unit is replaced by this one, built on the done inputs (scheduler.narrow_to_done).
 

@@ -71,6 +71,23 @@ def run(plan, unit: Unit, out: Path) -> dict:
     return {"outputs": ["folds.csv"], "scores": {"sizes": np.bincount(fold).tolist()}}
 
 
+def check(plan) -> dict[str, str]:
+    """The published folds/<competition>.csv against the assignment the done folds unit wrote (and every model was
+    trained and scored on): a file edited since is said by `status` and refused by a run."""
+    (unit,) = plan.all(NAME)
+    published = resolve_path(plan.cfg.runtime.folds_dir) / f"{plan.comp.name}.csv"
+    if not published.is_file() or not plan.store.is_done(unit):
+        return {}
+    mine, theirs = (plan.store.dir(unit) / "folds.csv").read_text(), published.read_text()
+    if mine == theirs:
+        return {}
+    diff = next((f"{a!r} there, {b!r} here" for a, b in zip(theirs.splitlines(), mine.splitlines()) if a != b), "")
+    return {unit.key: f"{published} is not the fold assignment the models were trained and scored on "
+                      f"({diff or 'another length'}): edited by hand, or published by a run with other folds settings; "
+                      f"run `./run.sh folds --force` to publish this config's assignment again (the folds come from "
+                      f"folds.n_folds and folds.seed)"}  # fmt: skip
+
+
 def load(plan, unit: Unit) -> np.ndarray:
     """(n_train,) fold index per train row, checked against the train ids."""
     path = plan.store.dir(unit) / "folds.csv"

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from ..config import resolve_path
-from ..data import DataError, read_csv
 from ..executor import log
 from ..metrics import score
 from ..store import Unit, atomic_write, atomic_write_json, stable_hash
@@ -30,29 +29,42 @@ PACKAGES = ["torch", "timm", "albumentations", "scikit-learn", "numpy", "pandas"
 
 def holdout_score(plan, probs: np.ndarray) -> float | None:
     """The metric on the held-out test labels (when the competition has them), of what the submission holds."""
-    c = plan.cfg.competition
-    if not c.holdout_labels:
-        return None
-    path = plan.cfg.root / c.holdout_labels
-    labels = read_csv(path, "held-out labels")
-    by_id = dict(zip(labels.iloc[:, 0], labels.iloc[:, 1]))
-    missing = [i for i in plan.comp.test_ids if i not in by_id][:5]
-    if missing:
-        raise DataError(f"{path}: no held-out label for test ids {missing}")
-    y = [plan.comp.labels.lookup(by_id[i]) for i in plan.comp.test_ids]
-    unknown = [(i, by_id[i]) for i, k in zip(plan.comp.test_ids, y) if k is None]
-    if unknown:
-        raise DataError(f"{path}: {len(unknown)} held-out label(s) are not classes of the training targets "
-                        f"{plan.comp.classes}, first (id, label): {unknown[:5]}")  # fmt: skip
-    return score(c.metric, np.array(y), probs)
+    y = plan.comp.holdout_y  # read and checked when the competition was loaded; keyed in the submit unit
+    return None if y is None else score(plan.cfg.competition.metric, y, probs)
+
+
+def sample_params(comp) -> dict:
+    """What decides the file's format besides the config: the sample's header and its target columns' value types,
+    the resolved format, and (two classes) which class a probability column is for."""
+    types = ["number" if v.map(_is_number).all() else "text" for _, v in comp.sample.iloc[:, 1:].items()]
+    out = {"columns": list(comp.sample.columns), "types": types, "format": comp.submit_format}
+    if comp.n_classes == 2:
+        out["positive_class"] = comp.classes[1]
+    return out
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
 
 
 def units(plan) -> list[Unit]:
     c, blend = plan.cfg.competition, plan.one("blend")
-    params = {"name": plan.cfg.submit.name, "format": c.submit_format, "task": c.task}
+    params = {
+        "name": plan.cfg.submit.name,
+        "format": c.submit_format,
+        "task": c.task,
+        "sample": sample_params(plan.comp),
+    }
     if plan.cfg.submit.left_out:  # only then: the keys of every run without a budget stay as they were
         params["left_out"] = plan.cfg.submit.left_out
-    return [Unit(NAME, plan.cfg.submit.name, params, {"blend": blend.key, **plan.tables}, VERSION)]
+    inputs = {"blend": blend.key, **plan.tables}
+    if plan.comp.holdout_y is not None:  # the held-out labels' content: an edited file is scored again
+        inputs["holdout_labels"] = stable_hash(plan.comp.holdout_y.tolist())
+    return [Unit(NAME, plan.cfg.submit.name, params, inputs, VERSION)]
 
 
 def run(plan, unit: Unit, out: Path) -> dict:
@@ -77,6 +89,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
         "tta": {m: t["chosen"] for m, t in report["tta"].items()}, "blend_method": report["method"],
         "config_hash": stable_hash(cfg.to_dict()), "config_file": cfg.source, "unit_key": unit.key,
         "holdout_score": held, "left_out": cfg.submit.left_out,
+        "positive_class": comp.classes[1] if comp.n_classes == 2 else None, "classes": comp.classes,
         "packages": {p: _version(p) for p in PACKAGES}, "created": pd.Timestamp.now().isoformat(timespec="seconds"),
     }  # fmt: skip
     atomic_write_json(out / "manifest.json", manifest)
@@ -101,7 +114,7 @@ def after(plan, units: list[Unit], kaggle: str | None = None, **_) -> None:
         dest.parent.mkdir(exist_ok=True)
         atomic_write(dest, lambda p: shutil.copyfile(done["submission"], p))
         atomic_write_json(dest.with_suffix(".json"), {**manifest, "file": dest.name})
-    log(NAME, f"submission: {dest} ({manifest['format']}s; CV {c.metric} {manifest['cv']:.4f}, honest "
+    log(NAME, f"submission: {dest} ({_what(manifest)}; CV {c.metric} {manifest['cv']:.4f}, honest "
               f"{manifest['honest_cv']:.4f}, of the file's contents)")  # fmt: skip
     if manifest.get("left_out"):
         log(NAME, f"left out of this submission (the time budget ran out): {manifest['left_out']}")
@@ -109,6 +122,13 @@ def after(plan, units: list[Unit], kaggle: str | None = None, **_) -> None:
         log(NAME, f"held-out test {c.metric}: {manifest['holdout_score']:.4f} ({len(plan.comp.test_ids)} images)")
     if kaggle:
         upload(dest, kaggle, f"{cfg.submit.name} cv={manifest['cv']:.4f} honest={manifest['honest_cv']:.4f}")
+
+
+def _what(manifest: dict) -> str:
+    """What the file holds, in words: labels, probabilities of 'fake', class probabilities."""
+    if manifest["format"] == "probability":
+        return f"probabilities of {manifest.get('positive_class')!r}"
+    return {"label": "labels", "class_probs": "class probabilities"}.get(manifest["format"], manifest["format"])
 
 
 def upload(path, competition: str, message: str) -> None:
