@@ -176,7 +176,7 @@ def _locked(folder: Path, wait_s: float):
             got = False  # a full disk: not now
         if got:
             break
-        held = read(path)
+        held = read_claim(path)
         if held is not None and not is_live(held, TAKEOVER_LOCK_S, path):
             _break_lock(path, held)
             continue
@@ -198,7 +198,7 @@ def _break_lock(path: Path, dead: dict) -> None:
         os.rename(path, aside)
     except FileNotFoundError:
         return
-    if (read(aside) or {}).get("token") == dead.get("token"):
+    if (read_claim(aside) or {}).get("token") == dead.get("token"):
         aside.unlink(missing_ok=True)
     else:
         os.rename(aside, path)

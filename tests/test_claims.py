@@ -247,6 +247,23 @@ def test_claims_need_no_hard_links(tmp, monkeypatch):
     assert isinstance(claims.acquire(tmp, timeout=1.0), claims.Claim)
 
 
+def test_a_take_over_lock_left_by_a_dead_taker_is_broken_without_comparing_clocks(tmp, monkeypatch):
+    monkeypatch.setattr(claims, "TAKEOVER_LOCK_S", 0.5)
+    dead = python("import os; print(os.getpid())")
+    pid = int(dead.stdout.read())
+    dead.wait()
+    lock = {"host": HOST, "host_id": claims.HOST_ID, "pid": pid, "token": "x", "heartbeat": time.time() + 3600}
+    (tmp / claims.LOCK).write_text(json.dumps(lock))
+    with claims._locked(tmp, 0.1) as got:  # this host's taker is gone: broken at once, whatever its time says
+        assert got
+    (tmp / claims.LOCK).write_text("")  # another host's create cut off: broken once unchanged for TAKEOVER_LOCK_S
+    with claims._locked(tmp, 0.2) as got:
+        assert not got
+    with claims._locked(tmp, 3.0) as got:
+        assert got
+    assert not (tmp / claims.LOCK).exists()
+
+
 def test_of_many_takers_of_a_dead_claim_exactly_one_wins(tmp):
     dead = python("import os; print(os.getpid())")
     pid = int(dead.stdout.read())
