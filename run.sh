@@ -28,7 +28,7 @@ case "$cmd" in
     ;;
   bench)
     shift
-    what=${1:?usage: ./run.sh bench train|tta|features|blend|patches|executors|device|budget [options]}
+    what=${1:?usage: ./run.sh bench train|tta|features|blend|patches|executors|device|budget|chaos [options]}
     shift
     exec "$RUN_PY" -m "bench.$what" "$@"
     ;;
