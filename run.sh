@@ -28,7 +28,7 @@ case "$cmd" in
     ;;
   bench)
     shift
-    what=${1:?usage: ./run.sh bench train|tta|features|blend|patches|executors|device|budget|export [options]}
+    what=${1:?usage: ./run.sh bench train|tta|features|blend|patches|executors|device|budget|export|chaos [options]}
     shift
     exec "$RUN_PY" -m "bench.$what" "$@"
     ;;

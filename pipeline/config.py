@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from .durable import HEARTBEAT_S
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 
@@ -143,7 +145,7 @@ class Runtime:
     executor: str = "auto"
     workers: int = 0  # processes: 0 = one per visible GPU, else min(cores, 4) on CPU
     threads: int = 0  # torch threads per unit; 0 = the executor's share of the cores (same threads, same bits)
-    claim_timeout: float = 120.0  # seconds without a heartbeat after which another host's claim is dead
+    claim_timeout: float = 120.0  # seconds another host's claim may go without a heartbeat before it is taken over
     budget: str | None = None  # e.g. 10m, 90s, 2h: plan the best recipe that fits this wall time (budget.py)
 
 
@@ -235,7 +237,7 @@ RANGES: dict[str, tuple] = {
     "runtime.num_workers": (-1, None, True, True),
     "runtime.workers": (0, None, True, True),
     "runtime.threads": (0, None, True, True),
-    "runtime.claim_timeout": (0.0, None, False, True),
+    "runtime.claim_timeout": (3 * HEARTBEAT_S, None, True, True),  # three missed heartbeats, never one late beat
 }
 # names that become folder and file names: letters, digits, and . _ - inside, never a separator or ".."
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")

@@ -6,6 +6,7 @@ test/*.png, sample_submission.csv, and test_labels.csv (the held-out answers, re
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from .store import atomic_write_text
+from .store import atomic_write_text, tmp_name
 
 HOLDOUT_FRACTION = 0.2
 SPLIT_SEED = 2024
@@ -27,8 +28,7 @@ def build_digits(root: Path) -> None:
     labels = digits.target
     idx = np.arange(len(labels))
     train_idx, test_idx = train_test_split(idx, test_size=HOLDOUT_FRACTION, stratify=labels, random_state=SPLIT_SEED)
-    tmp = root.with_name(root.name + ".building")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = root.with_name(tmp_name(root.name))  # this process's own: a concurrent first use never shares it
     (tmp / "train").mkdir(parents=True)
     (tmp / "test").mkdir()
     for split, rows in (("train", train_idx), ("test", test_idx)):
@@ -41,17 +41,28 @@ def build_digits(root: Path) -> None:
     atomic_write_text(tmp / "README.txt", __doc__ or "")
     # sample_submission.csv is written last: its presence is what marks the competition as built
     pd.DataFrame({"id": test_ids, "label": 0}).to_csv(tmp / "sample_submission.csv", index=False)
-    tmp.rename(root)
+    try:
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 BUILDERS = {"digits": build_digits}
 
 
 def build_embedded(name: str, root: Path) -> None:
-    print(f"[data] building the embedded '{name}' competition in {root}", flush=True)
-    if root.exists() and any(root.iterdir()):
-        raise FileExistsError(f"{root} exists but holds no sample_submission.csv; move it away to rebuild '{name}'")
-    if root.exists():
-        root.rmdir()
+    """Build once: concurrent first uses (two runs, workers of one) wait on a lock, and the one that comes second
+    finds it built."""
     root.parent.mkdir(parents=True, exist_ok=True)
-    BUILDERS[name](root)
+    with open(root.with_name(f".{root.name}.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process is killed
+        if (root / "sample_submission.csv").is_file():
+            return
+        print(f"[data] building the embedded '{name}' competition in {root}", flush=True)
+        for left in root.parent.glob(f".{root.name}.tmp-*"):  # a build killed midway (the lock is ours now)
+            shutil.rmtree(left, ignore_errors=True)
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"{root} exists but holds no sample_submission.csv; move it away to rebuild '{name}'")
+        if root.exists():
+            root.rmdir()
+        BUILDERS[name](root)

@@ -2,24 +2,28 @@
 (pipeline.raycluster) elsewhere. An executor only runs units; it knows nothing of what a stage does.
 
 `execute(plan, key)` is the one way a unit runs, in any process: skip it when done, take its claim (or report who
-holds it), write `unit.json` and `config.json`, run the stage's function into the unit's folder, write `done.json`
-last, drop the scratch state, release the claim. Every attempt is appended to the unit's `log.txt`; in a worker
-process its stdout and stderr go there too. Failures come back as a result naming the unit, never as a traceback on
-the console (the traceback is in the log).
+holds it), write `unit.json` and `config.json`, run the stage's function into this attempt's own staging folder
+(`.attempt-<token>`, seeded with a copy of a dead attempt's resumable state), then commit under the claim's fence:
+outputs moved into the unit's folder, staging and scratch state removed, `done.json` written last; release the claim.
+An attempt whose claim was taken over while it was paused commits nothing and answers "lost". Every attempt is
+appended to the unit's `log.txt`; in a worker process its stdout and stderr go there too. Failures come back as a
+result naming the unit, never as a traceback on the console (the traceback is in the log).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import sys
 import time
 import traceback
+from pathlib import Path
 
 from . import claims
 from .config import Config
 from .plan import Plan
-from .store import HOST, Unit, atomic_write_json
+from .store import ATTEMPT, DONE, HOST, Store, Unit, atomic_write, atomic_write_json, tmp_owner
 
 LOG = "log.txt"
 
@@ -86,7 +90,7 @@ def _unit_log(path, echo: bool):
 
 def execute(plan: Plan, key: str, force: bool = False, echo: bool = True, deadline: float | None = None) -> dict:
     """Run the unit with this key unless it is done or claimed. Returns {"state": done | skip | busy | stopped |
-    error, ...}. A training checks `deadline` (epoch seconds) at every epoch's end."""
+    lost | error, ...}. A training checks `deadline` (epoch seconds) and its claim at every epoch's end."""
     from .stages import STAGES
 
     store, unit = plan.store, plan.by_key[key]
@@ -96,37 +100,84 @@ def execute(plan: Plan, key: str, force: bool = False, echo: bool = True, deadli
     if not isinstance(got, claims.Claim):
         return {"state": "busy", "owner": claims.owner(got)}
     stage = STAGES[unit.stage]
-    out = store.dir(unit)
-    with got, _unit_log(out / LOG, echo) as cur:
+    with got, _unit_log(store.dir(unit) / LOG, echo) as cur:
         if store.is_done(unit):  # finished by another process between the check and the claim
             return {"state": "skip"}
-        verb = "resume" if stage.PARTIAL and (out / stage.PARTIAL).exists() else "run"
-        print(f"== {verb} {unit.label} on {HOST} pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')}",
-              file=cur.file, flush=True)  # fmt: skip
+        staging, verb = _stage_attempt(store, unit, stage.PARTIAL, got.token)
+        print(f"== {verb} {unit.label} on {HOST} pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
+              f"(attempt {got.token[:8]})", file=cur.file, flush=True)  # fmt: skip
         started = time.time()
         if force:
             plan.forced.add(key)
-        plan.deadline = deadline
+        plan.deadline, plan.fence, plan.reads = deadline, got.check, {}
         try:
             store.begin(unit, plan.cfg.to_dict())
-            result = stage.run(plan, unit, out)
-            cleanup = result.pop("cleanup", [])
-            marker = store.finish(unit, started, **result)
-            for name in cleanup:  # scratch state (e.g. resume.pt) is dropped only once the unit is marked done
-                (out / name).unlink(missing_ok=True)
+            result = stage.run(plan, unit, staging)
+            result.pop("cleanup", None)
+            marker = store.finish(
+                unit,
+                started,
+                **result,
+                staging=staging,
+                fence=got.fenced,
+                attempt=got.token,
+                scratch=(stage.PARTIAL,) if stage.PARTIAL else (),
+                upstream=_upstream(plan, unit),
+            )
         except BudgetStop as stop:
             print(f"== stopped: {stop}", file=cur.file, flush=True)
             return {"state": "stopped", "message": str(stop), "lines": cur.lines}
         except Exception as err:  # noqa: BLE001 - reported to the scheduler with the unit's name
+            lost = err if isinstance(err, claims.LostClaim) else _lost(got)
+            if lost is not None:  # a paused owner woke up after a take-over: the new owner's work stands
+                print(f"== lost: {lost}", file=cur.file, flush=True)
+                return {"state": "lost", "message": str(lost), "lines": cur.lines}
             traceback.print_exc(file=cur.file)
             cur.file.flush()
             return {"state": "error", "message": str(err) or type(err).__name__, "error": type(err).__name__,
-                    "log": str(out / LOG), "lines": cur.lines}  # fmt: skip
+                    "log": str(store.dir(unit) / LOG), "lines": cur.lines}  # fmt: skip
         finally:
             plan.forced.discard(key)
-            plan.deadline = None
-        print(f"== done in {marker['seconds']:.1f}s {format_scores(marker['scores'])}", file=cur.file, flush=True)
+            plan.deadline, plan.fence, plan.reads = None, None, None
+        print(f"== done in {marker['seconds']:.1f}s {format_scores(marker['scores'])} (attempt {got.token[:8]})",
+              file=cur.file, flush=True)  # fmt: skip
         return {"state": "done", "verb": verb, "marker": marker, "lines": cur.lines, "host": HOST, "pid": os.getpid()}
+
+
+def _lost(claim: claims.Claim) -> claims.LostClaim | None:
+    try:
+        claim.check()
+    except claims.LostClaim as lost:
+        return lost
+    return None
+
+
+def _stage_attempt(store: Store, unit: Unit, partial: str | None, token: str) -> tuple[Path, str]:
+    """This attempt's staging folder (where only it writes) and its verb: "resume" when it starts from the newest
+    resumable state of a dead attempt, copied (never shared). A unit whose marker is there but does not count (a
+    broken output, a redone input, an unreadable marker) starts from nothing."""
+    if (store.dir(unit) / DONE).exists():
+        store.reset(unit, partial)
+    source = store.partial(unit, partial)
+    staging = store.dir(unit) / f"{ATTEMPT}{token}"
+    staging.mkdir()
+    if source is None:
+        return staging, "run"
+    names = [p.name for p in source.iterdir() if p.is_file() and tmp_owner(p.name) is None and p.name != partial]
+    for name in [*names, partial]:  # the resumable state last: a copy cut off midway is never resumed from
+        atomic_write(staging / name, lambda p, n=name: shutil.copyfile(source / n, p))
+    return staging, "resume"
+
+
+def _upstream(plan: Plan, unit: Unit) -> dict[str, str]:
+    """The attempt of every input unit, as read (or as done now): a redo of one of them redoes this unit."""
+    out = {}
+    for k in plan.deps[unit.key]:
+        dep = plan.by_key[k]
+        attempt = (plan.reads or {}).get(k) or (plan.store.read_marker(dep) or {}).get("attempt")
+        if attempt:
+            out[str(plan.store.dir(dep).relative_to(plan.store.root))] = attempt
+    return out
 
 
 _plans: dict[tuple[str, str], Plan] = {}

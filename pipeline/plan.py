@@ -8,6 +8,7 @@ The same config gives the same plan in any process, so a worker anywhere can run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import Config
@@ -34,6 +35,8 @@ class Plan:
     forced: set[str] = field(default_factory=set)  # keys redone by --force in this run (folds may then republish)
     problems: dict[str, str] = field(default_factory=dict)  # unit key -> why a done unit no longer matches a file
     deadline: float | None = None  # epoch seconds by which the unit in progress must stop (a time budget)
+    fence: Callable[[], None] | None = None  # raises LostClaim once the unit in progress was taken over
+    reads: dict[str, str] | None = None  # input unit key -> attempt read, while a unit runs (its marker records them)
     _fingerprints: dict[str, str] = field(default_factory=dict)
 
     def fingerprint(self, split: str) -> str:
@@ -88,9 +91,16 @@ class Plan:
         """What a done unit wrote, read by its own stage's loader (consumers never spell file names)."""
         from .stages import STAGES
 
-        require_done(self.store, unit)
+        marker = require_done(self.store, unit)
         self.store.verify(unit)
+        if self.reads is not None and marker.get("attempt"):
+            self.reads.setdefault(unit.key, marker["attempt"])
         return STAGES[unit.stage].load(self, unit)
+
+    def check_fence(self) -> None:
+        """At a safe point of a long unit (an epoch's end): stop, committing nothing, if its claim was taken over."""
+        if self.fence is not None:
+            self.fence()
 
     def load_input(self, unit: Unit, name: str):
         return self.load(self.input(unit, name))

@@ -9,6 +9,8 @@ unit sent again (it resumes). One console line per unit: run / resume / skip / w
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 
 from . import claims
@@ -66,14 +68,10 @@ def _force(plan: Plan, units: list[Unit]) -> None:
     from .stages import STAGES
 
     for u in units:
-        d = plan.store.dir(u)
-        owner = claims.live_owner(d, plan.cfg.runtime.claim_timeout)
+        owner = claims.live_owner(plan.store.dir(u), plan.cfg.runtime.claim_timeout)
         if owner:
             raise RuntimeError(f"{u.label} is running ({claims.owner(owner)}); --force it once that run ends")
-        (d / DONE).unlink(missing_ok=True)
-        partial = STAGES[u.stage].PARTIAL
-        if partial:
-            (d / partial).unlink(missing_ok=True)
+        plan.store.reset(u, STAGES[u.stage].PARTIAL)  # from nothing: no earlier attempt's state is resumed
 
 
 def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=None, deadline: float | None = None,
@@ -86,7 +84,7 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
     store, timeout = plan.store, plan.cfg.runtime.claim_timeout
     _force(plan, list(force))
     forced = {u.key for u in force}
-    done = {u.key for u in plan.units if store.is_done(u)}
+    done = _done_now(plan, targets)
     pending = list(targets)
     running: dict[str, Unit] = {}
     waiting: dict[str, Unit] = {}
@@ -100,22 +98,27 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
                     done.add(key)
                     del waiting[key]
                     log(u.stage, f"done   {u.name} (by another run)")
-                elif not claims.live_owner(store.dir(u), timeout):
+                elif not claims.live_owner(store.dir(u), timeout, clear=True):
                     del waiting[key]
                     pending.insert(0, u)
             dispatched = False
             for u in list(pending) if not failures else []:
                 if u not in pending:  # left out with a unit it reads, earlier in this pass
                     continue
-                if u.key in done:
-                    pending.remove(u)
-                    log(u.stage, f"skip   {u.name} (done)")
+                ready = all(d in done for d in plan.deps[u.key])
+                if u.key in done and ready:
+                    if store.is_done(u):
+                        pending.remove(u)
+                        log(u.stage, f"skip   {u.name} (done)")
+                        continue
+                    done.discard(u.key)  # an input it read was redone in this run: so is it
+                if u.key in done:  # done, unless an input that is being redone changes that
                     continue
                 if deadline is not None and _left_out(plan, u, pending, deadline, estimates or {}):
                     continue
-                if not all(d in done for d in plan.deps[u.key]):
+                if not ready:
                     continue
-                owner = claims.live_owner(store.dir(u), timeout)
+                owner = claims.live_owner(store.dir(u), timeout, clear=True)
                 if owner:
                     pending.remove(u)
                     waiting[u.key] = u
@@ -123,8 +126,7 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
                     continue
                 if len(running) >= lazy.ex.capacity:
                     break
-                partial = STAGES[u.stage].PARTIAL
-                verb = "resume" if partial and (store.dir(u) / partial).exists() else "run   "
+                verb = "resume" if store.partial(u, STAGES[u.stage].PARTIAL) else "run   "
                 log(u.stage, f"{verb} {u.name}")
                 pending.remove(u)
                 running[u.key] = u
@@ -149,6 +151,17 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor=
         raise UnitFailed(failures[0] + (f" (and {len(failures) - 1} more failed units)" if len(failures) > 1 else ""))
 
 
+def _done_now(plan: Plan, targets: list[Unit]) -> set[str]:
+    """Keys of the units done now, less the targets whose input is a target to redo (they are redone after it)."""
+    done = {u.key for u in plan.units if plan.store.is_done(u)}
+    redo = {u.key for u in targets if u.key not in done}
+    for u in targets:  # dependencies first
+        if u.key in done and any(d in redo for d in plan.deps[u.key]):
+            done.discard(u.key)
+            redo.add(u.key)
+    return done
+
+
 def _left_out(plan: Plan, u: Unit, pending: list, deadline: float, estimates: dict) -> bool:
     """Drop a pending unit (and every pending unit that reads it) when it cannot finish before the deadline."""
     need = estimates.get(u.key, 0.0)
@@ -170,7 +183,7 @@ def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deat
         for line in res.get("lines", []):
             print(line, flush=True)
     if state == "done":
-        if not plan.store.is_done(u):
+        if not _visible(plan, u):
             failures.append(f"{u.label}: a worker on {res.get('host')} finished it, but no {DONE} is visible in "
                             f"{plan.store.dir(u)}: the work dir must be shared by every worker")  # fmt: skip
             return
@@ -182,6 +195,9 @@ def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deat
         log(u.stage, f"skip   {u.name} (done)")
     elif state == "stopped":  # a time budget ended: it stays partial and resumes in a later run
         log(u.stage, f"paused {u.name}: {res.get('message')}")
+    elif state == "lost":  # paused past the claim timeout, it was taken over: the new owner's attempt stands
+        pending.insert(0, u)
+        log(u.stage, f"lost   {u.name}: {res.get('message')}")
     elif state == "busy":
         pending.insert(0, u)
         log(u.stage, f"wait   {u.name} (running: {res['owner']})")
@@ -198,6 +214,20 @@ def _report(plan, u: Unit, res: dict, echo: bool, done: set, pending: list, deat
         where = f" (log: {res['log']})" if res.get("log") else ""
         failures.append(f"{u.label}: {res.get('message')}{where}")
         stderr(f"[{u.stage}] failed {u.name}: {res.get('message')}{where}")
+
+
+def _visible(plan: Plan, u: Unit, tries: int = 20) -> bool:
+    """Whether a unit a worker reports done is done here; a shared filesystem's cached lookups may hide a new
+    done.json for a few seconds (NFS attribute caching), so look again (listing the folder refreshes it) first."""
+    for _ in range(tries):
+        if plan.store.is_done(u):
+            return True
+        try:
+            os.listdir(plan.store.dir(u))
+        except OSError:
+            pass
+        time.sleep(POLL_S)
+    return False
 
 
 def prepare_outputs(plan: Plan) -> None:
@@ -217,7 +247,14 @@ def prepare_outputs(plan: Plan) -> None:
         except OSError as err:
             raise RuntimeError(f"cannot write to {folder} ({key}): {err.strerror or err}; choose a writable "
                                f"folder with --set {key}=PATH") from None  # fmt: skip
-    removed = remove_stale_tmp(list(folders.values()), claims.pid_alive)
+    removed = remove_stale_tmp(list(folders.values()), claims.pid_alive, claims.owners)
+    timeout = plan.cfg.runtime.claim_timeout
+    for unit in plan.units:  # staging folders that a crash left in units that are done (and no one holds)
+        left = plan.store.attempts(unit)
+        if left and plan.store.is_done(unit) and not claims.live_owner(plan.store.dir(unit), timeout):
+            for a in left:
+                shutil.rmtree(a, ignore_errors=True)
+            removed += len(left)
     if removed:
         log("run", f"removed {removed} temporary file(s) left by killed processes")
 

@@ -8,16 +8,13 @@ inputs, version, timings, scores) is written last. No marker means not done, wha
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
-import socket
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,90 +22,27 @@ from typing import Any
 
 import numpy as np
 
+from .durable import (  # noqa: F401 - the store's API since before durable.py
+    HOST,
+    DiskFull,
+    atomic_write,
+    changed,
+    file_digest,
+    fsync,
+    remove_stale_tmp,
+    require_space,
+    sha256_file,
+    tmp_name,
+    tmp_owner,
+)
+
 DONE = "done.json"
+ATTEMPT = ".attempt-"  # an attempt's staging folder inside its unit's folder: .attempt-<claim token>
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
     text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-HOST = socket.gethostname()
-
-
-def tmp_name(name: str) -> str:
-    """A temporary name unique across processes and hosts (work dirs may be shared between machines)."""
-    return f".{name}.tmp-{HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-class DiskFull(OSError):
-    """No space left where the pipeline writes; the message says where and how much."""
-
-
-def require_space(folder: Path, nbytes: int, what: str) -> None:
-    """Refuse before writing nbytes into folder when the filesystem lacks them (a full disk under a memory map
-    kills the process with SIGBUS, no message)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    if free < nbytes + (16 << 20):
-        raise DiskFull(f"disk full: {(nbytes >> 20) + 16} MB needed at {folder} for {what}, {free >> 20} MB free; "
-                       f"free space there (or set runtime.work_dir elsewhere) and run again")  # fmt: skip
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call write(tmp_path) then rename tmp_path to path, so a reader never sees a half-written file. The temporary
-    file of a failed write is removed; a write that failed for want of space says so."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(tmp_name(path.name))
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except Exception as err:
-        tmp.unlink(missing_ok=True)
-        if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or shutil.disk_usage(path.parent).free < 1 << 20:
-            raise DiskFull(f"disk full while writing {path}: free space on that filesystem and run the same "
-                           f"command again (finished units are kept)") from err  # fmt: skip
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-_TMP = re.compile(r"\..+\.tmp-(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]{8}$")
-
-
-def remove_stale_tmp(folders: list[Path], is_alive: Callable[[int], bool]) -> int:
-    """Remove the temporary files that processes of this host left when they were killed mid-write."""
-    removed = 0
-    for folder in folders:
-        for dirpath, _, files in os.walk(folder):
-            for name in files:
-                m = _TMP.match(name)
-                if m and m["host"] == HOST and not is_alive(int(m["pid"])):
-                    Path(dirpath, name).unlink(missing_ok=True)
-                    removed += 1
-    return removed
-
-
-def file_digest(path: Path) -> dict:
-    """A cheap fingerprint of a written file: its size and the sha256 of its first and last MiB."""
-    size = path.stat().st_size
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(size - (1 << 20))
-            h.update(f.read())
-    return {"size": size, "sha256_ends": h.hexdigest()[:16]}
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -187,35 +121,45 @@ class Store:
         return d
 
     def read_marker(self, unit: Unit) -> dict | None:
-        try:
-            m = json.loads((self.dir(unit) / DONE).read_text())
-        except (OSError, ValueError):
-            return None
-        return m if m.get("key") == unit.key else None
+        """The unit's done.json, or None when there is none or it cannot be read (empty, cut off, not this key)."""
+        m = _read_json(self.dir(unit) / DONE)
+        return m if m is not None and m.get("key") == unit.key else None
 
-    def broken(self, unit: Unit, marker: dict | None = None, checksums: bool = False) -> str | None:
-        """Why a done unit's outputs no longer are what its marker recorded (None when they are): a missing file,
-        another size, or (checksums) other first and last bytes."""
-        marker = marker or self.read_marker(unit)
-        for name, want in (marker or {}).get("files", {}).items():
-            path = self.dir(unit) / name
-            if not path.is_file():
-                return f"{name} is missing"
-            size = path.stat().st_size
-            if size != want["size"]:
-                return f"{name} has {size} bytes, {want['size']} when it was done"
-            if checksums and file_digest(path) != want:
-                return f"{name} changed after it was done (checksum)"
+    def broken(self, unit: Unit, marker: dict | None = None) -> str | None:
+        """Why a done unit's outputs no longer are what its marker recorded (None when they are)."""
+        for name, want in (marker or self.read_marker(unit) or {}).get("files", {}).items():
+            why = changed(self.dir(unit) / name, want)
+            if why:
+                return f"{name} {why}"
         return None
 
-    def is_done(self, unit: Unit) -> bool:
-        """A marker with this key, and every output it records present at its recorded size."""
+    def redone_input(self, marker: dict) -> str | None:
+        """Which input unit was redone (or undone) since this marker's unit read it, if any."""
+        for rel, attempt in marker.get("upstream", {}).items():
+            m = _read_json(self.root / rel / DONE)
+            if m is None or m.get("attempt") != attempt:
+                return rel
+        return None
+
+    def not_done(self, unit: Unit) -> tuple[str, str] | None:
+        """The one rule of done, for `status`, `all` and the scheduler: None when done, else (state, why)."""
+        path = self.dir(unit) / DONE
         marker = self.read_marker(unit)
-        return marker is not None and self.broken(unit, marker) is None
+        if marker is None:
+            return ("broken", f"{path} cannot be read (empty or cut off)") if path.exists() else ("missing", "")
+        why = self.broken(unit, marker)
+        if why:
+            return "broken", why
+        rel = self.redone_input(marker)
+        return ("stale", f"input {rel} was redone after it") if rel else None
+
+    def is_done(self, unit: Unit) -> bool:
+        """A readable marker with this key, every output it records unchanged, every input it read the same."""
+        return self.not_done(unit) is None
 
     def verify(self, unit: Unit) -> None:
         """Before a unit's outputs are read: refuse a broken one, and drop its marker so that it is redone."""
-        reason = self.broken(unit, checksums=True)
+        reason = self.broken(unit)
         if reason:
             (self.dir(unit) / DONE).unlink(missing_ok=True)
             raise BrokenOutput(f"{unit.label}: {reason}; it is no longer counted as done: run the same command again "
@@ -236,42 +180,89 @@ class Store:
             atomic_write_json(d / "config.json", config)
         return d
 
-    def finish(self, unit: Unit, started: float, outputs: list[str], scores: dict | None = None, **extra) -> dict:
+    def attempts(self, unit: Unit) -> list[Path]:
+        """The staging folders of the unit's attempts (live, dead, or left by a crash)."""
+        return sorted(self.dir(unit).glob(f"{ATTEMPT}*"))
+
+    def partial(self, unit: Unit, partial_file: str | None) -> Path | None:
+        """The newest staging folder that holds resumable state (a dead attempt's), if any."""
+        found = [a for a in self.attempts(unit) if partial_file and (a / partial_file).is_file()]
+        return max(found, key=lambda a: (a / partial_file).stat().st_mtime_ns) if found else None
+
+    def reset(self, unit: Unit, partial_file: str | None = None) -> None:
+        """Forget every attempt and the marker: the unit is redone from nothing (--force, a broken output)."""
         d = self.dir(unit)
-        missing = [o for o in outputs if not (d / o).exists()]
+        (d / DONE).unlink(missing_ok=True)
+        for a in self.attempts(unit):
+            shutil.rmtree(a, ignore_errors=True)
+        if partial_file:
+            (d / partial_file).unlink(missing_ok=True)  # where earlier versions kept it
+
+    def finish(self, unit: Unit, started: float, outputs: list[str], scores: dict | None = None, *,
+               staging: Path | None = None, fence=contextlib.nullcontext, scratch: tuple = (),
+               upstream: dict | None = None, attempt: str | None = None, **extra) -> dict:  # fmt: skip
+        """Commit: outputs (written in `staging`, or in the unit's folder) are fsynced, then under `fence` (which
+        raises when this attempt no longer holds the unit) moved into place with every other file of the staging
+        folder but `scratch`; the staging folders and scratch state are removed, and done.json is written last."""
+        d = self.dir(unit)
+        src = staging or d
+        missing = [o for o in outputs if not (src / o).is_file()]
         if missing:
-            raise RuntimeError(f"unit {unit.label}: declared outputs missing in {d}: {missing}")
-        marker = {
-            "key": unit.key,
-            "stage": unit.stage,
-            "name": unit.name,
-            "params": unit.params,
-            "inputs": unit.inputs,
-            "version": unit.version,
-            "outputs": outputs,
-            "files": {o: file_digest(d / o) for o in outputs},  # size and checksum: a later change is caught
-            "scores": scores or {},
-            "seconds": round(time.time() - started, 3),
-            "started_at": round(started, 3),  # epoch seconds: when the unit started and ended (for timelines)
-            "finished_at": round(time.time(), 3),
-            "host": HOST,
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-            **extra,
-        }
-        atomic_write_json(d / DONE, marker)
+            with fence():  # a lost claim first: its staging folder went with the new owner's commit
+                raise RuntimeError(f"unit {unit.label}: declared outputs missing in {src}: {missing}")
+        hashes = {o: sha256_file(src / o) for o in outputs}  # the slow part, before the lock
+        for o in outputs:
+            fsync(src / o)
+        with fence():
+            if staging is not None:
+                for p in staging.iterdir():
+                    if p.is_file() and p.name not in scratch and tmp_owner(p.name) is None:
+                        os.replace(p, d / p.name)
+                fsync(d, folder=True)
+            marker = {
+                "key": unit.key, "stage": unit.stage, "name": unit.name, "params": unit.params,
+                "inputs": unit.inputs, "version": unit.version, "outputs": outputs,
+                "files": {o: file_digest(d / o, hashes[o]) for o in outputs},  # a later change is caught
+                "scores": scores or {}, "seconds": round(time.time() - started, 3),
+                "started_at": round(started, 3),  # epoch seconds: when the unit started and ended (for timelines)
+                "finished_at": round(time.time(), 3), "host": HOST, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "attempt": attempt or uuid.uuid4().hex,  # readers record it: a redo of this unit redoes them
+                "upstream": upstream or {}, **extra,
+            }  # fmt: skip
+            for name in scratch:
+                (d / name).unlink(missing_ok=True)
+            for a in self.attempts(unit):  # this attempt's and any dead one's: nothing to resume from any more
+                shutil.rmtree(a, ignore_errors=True)
+            atomic_write_json(d / DONE, marker)
         return marker
 
     def status(self, unit: Unit, partial_file: str | None = None) -> tuple[str, str]:
         """Return (state, reason): done | broken | partial | stale | missing."""
-        marker = self.read_marker(unit)
-        if marker is not None:
-            reason = self.broken(unit, marker, checksums=True)
-            return ("broken", f"{reason}; it will be redone") if reason else ("done", "")
-        if partial_file and (self.dir(unit) / partial_file).exists():
+        why = self.not_done(unit)
+        if why is None:
+            return "done", ""
+        if why[0] != "missing":
+            return why[0], f"{why[1]}; it will be redone"
+        if self.partial(unit, partial_file) is not None:
             return "partial", "resumable"
-        siblings = sorted(
-            (self.root / unit.stage / unit.name).glob(f"*/{DONE}"), key=lambda p: p.stat().st_mtime, reverse=True
-        )
-        if siblings:
-            return "stale", diff_reason(json.loads(siblings[0].read_text()), unit)
+        markers = sorted((self.root / unit.stage / unit.name).glob(f"*/{DONE}"), key=_mtime, reverse=True)
+        for path in markers:
+            old = _read_json(path)
+            if old is not None:
+                return "stale", diff_reason(old, unit)
         return "missing", ""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0

@@ -56,7 +56,7 @@ def test_a_training_stopped_by_the_deadline_stays_resumable(tmp):
     unit = plan.one("train", model="ft", seed=0, fold=0)
     run_units(plan, [unit], deadline=time.time() + 1.5, estimates={unit.key: 0.0})
     folder = plan.store.dir(unit)
-    assert (folder / "resume.pt").exists() and not plan.store.is_done(unit)
+    assert list(folder.glob(".attempt-*/resume.pt")) and not plan.store.is_done(unit)
     log = (folder / "log.txt").read_text()
     assert "== stopped: after epoch" in log and "of 40: another would pass the time budget" in log
     run_units(plan, [unit])  # no deadline: it resumes where it stopped

@@ -10,15 +10,15 @@ import time
 
 import pytest
 
-from .conftest import REPO, exec_config, reference_run, run_outputs, unit_logs  # noqa: F401
+from .conftest import EXEC_MODELS, REPO, exec_config, reference_run, run_outputs, unit_logs, write_config  # noqa: F401
 
 pytestmark = pytest.mark.slow
 VICTIM = "tiny-csv/train/tiny/seed0/fold0"
 
 
-def start(cfg, **kw) -> subprocess.Popen:
+def start(cfg, env: dict | None = None, **kw) -> subprocess.Popen:
     return subprocess.Popen(["./run.sh", "all", "--config", str(cfg)], cwd=REPO, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kw)  # fmt: skip
+                            stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
 
 
 def kill_worker_mid_training(tmp, proc) -> int:
@@ -27,7 +27,7 @@ def kill_worker_mid_training(tmp, proc) -> int:
     deadline = time.time() + 240
     while time.time() < deadline:
         claim = list(folder.glob("*/claim.json"))
-        if claim and list(folder.glob("*/resume.pt")):
+        if claim and list(folder.glob("*/.attempt-*/resume.pt")):
             try:
                 pid = json.loads(claim[0].read_text())["pid"]
             except (ValueError, FileNotFoundError):
@@ -79,7 +79,7 @@ def test_ctrl_c_says_how_to_resume(tmp, reference_run):  # noqa: F811
     proc = start(exec_config(tmp, executor="processes"), start_new_session=True)
     folder = tmp / "work" / VICTIM
     deadline = time.time() + 240
-    while not list(folder.glob("*/resume.pt")) and time.time() < deadline:
+    while not list(folder.glob("*/.attempt-*/resume.pt")) and time.time() < deadline:
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
     stdout, stderr = proc.communicate(timeout=120)
@@ -88,4 +88,32 @@ def test_ctrl_c_says_how_to_resume(tmp, reference_run):  # noqa: F811
     again = start(exec_config(tmp, executor="processes"))
     stdout, stderr = again.communicate(timeout=600)
     assert again.returncode == 0, stdout + stderr
+    assert run_outputs(tmp) == reference_run
+
+
+def test_a_run_paused_past_the_claim_timeout_commits_nothing(tmp, reference_run):  # noqa: F811
+    """A laptop suspended mid-training: another host takes its unit over and finishes the run; the paused run wakes
+    up, finds its claim gone at the end of its epoch, commits nothing and says so, then finishes with the rest."""
+    fast = {"PIPELINE_HEARTBEAT_S": "0.5"}  # so that a claim timeout of 2 s is allowed (three heartbeats)
+    cfg = write_config(tmp, "csv", models=EXEC_MODELS, runtime={"threads": 1, "executor": "local", "claim_timeout": 2})
+    paused = start(cfg, env={**fast, "PIPELINE_HOST_ID": "laptop"}, start_new_session=True)
+    folder = tmp / "work" / VICTIM
+    deadline = time.time() + 240
+    while not list(folder.glob("*/**/resume.pt")) and time.time() < deadline:  # an epoch done, where it is kept
+        assert paused.poll() is None, paused.communicate()
+        time.sleep(0.005)
+    os.killpg(paused.pid, signal.SIGSTOP)
+    try:
+        assert not list(folder.glob("*/done.json")), "paused too late: the unit had finished"
+        other = start(cfg, env={**fast, "PIPELINE_HOST_ID": "gpu-node", "PIPELINE_CLOCK_SKEW": "-7200"})
+        stdout, stderr = other.communicate(timeout=600)
+        assert other.returncode == 0, stdout + stderr
+    finally:
+        os.killpg(paused.pid, signal.SIGCONT)
+    stdout, stderr = paused.communicate(timeout=600)
+    assert paused.returncode == 0, stdout + stderr
+    assert "[train] lost   tiny/seed0/fold0: this attempt's claim" in stdout, stdout
+    victim = unit_logs(tmp)[VICTIM]
+    assert victim.count("== done") == 1 and victim.count("== lost: ") == 1 and "== resume " in victim, victim
+    assert not list((tmp / "work").glob("**/.attempt-*")) and not list((tmp / "work").glob("**/resume.pt"))
     assert run_outputs(tmp) == reference_run

@@ -37,11 +37,11 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp):
                             stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
     deadline = time.time() + 300
     fold0 = b / "work" / "tiny-csv" / "train" / "tiny" / "seed0" / "fold0"
-    while time.time() < deadline and not list(fold0.glob("*/resume.pt")):
+    while time.time() < deadline and not list(fold0.glob("*/.attempt-*/resume.pt")):
         time.sleep(0.005)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert list(fold0.glob("*/resume.pt")), "training never reached the end of an epoch"
+    assert list(fold0.glob("*/.attempt-*/resume.pt")), "training never reached the end of an epoch"
     assert not list(fold0.glob("*/done.json")), "killed too late: the unit had finished"
 
     status = run_cli("status", "--config", cfg_b).stdout

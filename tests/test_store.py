@@ -21,7 +21,8 @@ def test_done_only_with_marker_and_stale_reason(tmp):
     (d / "model.safetensors").write_bytes(b"x")
     assert not store.is_done(u)  # outputs present, no marker: not done
     assert store.status(u) == ("missing", "")
-    (d / "resume.pt").write_bytes(b"x")
+    (d / ".attempt-dead").mkdir()
+    (d / ".attempt-dead" / "resume.pt").write_bytes(b"x")  # a dead attempt's staging folder
     assert store.status(u, "resume.pt")[0] == "partial"
     with pytest.raises(RuntimeError, match="missing"):
         store.finish(u, 0.0, outputs=["nothing.here"])

@@ -17,7 +17,7 @@ import pandas as pd
 from ..config import resolve_path
 from ..executor import log
 from ..metrics import score
-from ..store import Unit, atomic_write, atomic_write_json, stable_hash
+from ..store import Unit, atomic_write, atomic_write_json, sha256_file, stable_hash
 from ..submission import as_submitted, make_submission, validate_submission
 
 NAME = "submit"
@@ -103,17 +103,14 @@ def load(plan, unit: Unit) -> dict:
 
 
 def after(plan, units: list[Unit], kaggle: str | None = None, **_) -> None:
-    """Publish the done submission to submissions/ (once per unit key) and say where it is and how it scored."""
+    """Publish the done submission to submissions/ (named by its unit key) and say where it is and how it scored."""
     cfg, c = plan.cfg, plan.cfg.competition
     (unit,) = units
     done = plan.load(unit)
     manifest = done["manifest"]
     stem = f"{c.name}-{cfg.submit.name}-cv{manifest['cv']:.4f}-{unit.key[:8]}"
     dest = resolve_path(cfg.runtime.submissions_dir) / f"{stem}.csv"
-    if not dest.exists():
-        dest.parent.mkdir(exist_ok=True)
-        atomic_write(dest, lambda p: shutil.copyfile(done["submission"], p))
-        atomic_write_json(dest.with_suffix(".json"), {**manifest, "file": dest.name})
+    publish(done["submission"], dest, {**manifest, "file": dest.name})
     log(NAME, f"submission: {dest} ({_what(manifest)}; CV {c.metric} {manifest['cv']:.4f}, honest "
               f"{manifest['honest_cv']:.4f}, of the file's contents)")  # fmt: skip
     if manifest.get("left_out"):
@@ -129,6 +126,26 @@ def _what(manifest: dict) -> str:
     if manifest["format"] == "probability":
         return f"probabilities of {manifest.get('positive_class')!r}"
     return {"label": "labels", "class_probs": "class probabilities"}.get(manifest["format"], manifest["format"])
+
+
+def publish(src: Path, dest: Path, manifest: dict) -> bool:
+    """Copy the done CSV to dest with its manifest (naming the CSV's sha256) beside it, unless both are there and
+    describe these bytes: a run killed between the two files, or a submission of the same name redone (--force),
+    publishes again. The old manifest goes first and the new one comes last, so that a manifest never describes other
+    bytes than its CSV's. Returns whether it published."""
+    want = {**manifest, "sha256": sha256_file(src)}
+    meta = dest.with_suffix(".json")
+    try:
+        same = json.loads(meta.read_text()) == want and sha256_file(dest) == want["sha256"]
+    except (OSError, ValueError):
+        same = False
+    if same:
+        return False
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    meta.unlink(missing_ok=True)
+    atomic_write(dest, lambda p: shutil.copyfile(src, p))
+    atomic_write_json(meta, want)
+    return True
 
 
 def upload(path, competition: str, message: str) -> None:

@@ -5,7 +5,8 @@ Fine-tuning: head-only epochs with the backbone and its BatchNorm statistics fro
 (or all) with layer-wise decayed learning rates; AdamW, warmup + cosine per phase, label smoothing, optional
 mixup/cutmix and EMA, gradient clipping and accumulation, early stopping, best-epoch weights. Every random draw is a
 pure function of (seed, fold, epoch), and `resume.pt` is written atomically after each epoch, so a killed training
-resumes at its last finished epoch and ends identical to an uninterrupted one (CPU, deterministic settings).
+resumes at its last finished epoch and ends identical to an uninterrupted one (CPU, deterministic settings). At each
+epoch's end it also stops, committing nothing, if its claim was taken over meanwhile (plan.check_fence).
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ def train_finetune(plan, unit: Unit, out: Path) -> dict:
             atomic_write(out / "model.safetensors", lambda p, w=weights: save_file(w, str(p)))
         s.history.append({**row, s.metric: val, "best": improved})
         save_state(s, out, epoch)
+        plan.check_fence()  # taken over while paused: stop here, commit nothing
         if spec.patience and val is not None and epoch - s.best_epoch >= spec.patience:
             break
         if plan.deadline and epoch + 1 < spec.epochs and time.time() + (time.time() - t_epoch) > plan.deadline:
@@ -232,7 +234,6 @@ def train_finetune(plan, unit: Unit, out: Path) -> dict:
     return {
         "outputs": ["model.safetensors", "metrics.csv"],
         "scores": {s.metric: s.best, "best_epoch": s.best_epoch},
-        "cleanup": [PARTIAL],
     }
 
 
