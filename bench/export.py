@@ -100,6 +100,7 @@ def serialisations(bundle: Path, recipe: dict, batch: int = 64, reps: int = 5) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", help="YAML config (default: configs/default.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
     scratch = REPO / "work" / f"bench-export-{time.strftime('%Y%m%d-%H%M%S')}"
     scratch.mkdir(parents=True)
@@ -113,12 +114,12 @@ def main() -> None:
         "--set",
         "runtime.progress=false",
     ]
-    conf = ["--config", args.config] if args.config else []
+    conf = (["--config", args.config] if args.config else []) + sum((["--set", a] for a in args.set), [])
     _, t_all = run("-m", "pipeline", "all", *conf, *base)
     print(f"trained from an empty work dir in {t_all:.0f} s", flush=True)
     exported, t_exp = run("-m", "pipeline", "export", *conf, *base, "--out", str(scratch / "bundle"))
     half, t_half = run("-m", "pipeline", "export", *conf, *base, "--out", str(scratch / "bundle-fp16"), "--half")
-    cfg = load_config(args.config, [a for a in base if a != "--set"])
+    cfg = load_config(args.config, args.set + [a for a in base if a != "--set"])
     sets = new_test_set(cfg.root, cfg, scratch)
     new = sum((["--set", s] for s in sets), [])
     out, t_pipe = run("-m", "pipeline", "all", *conf, *base, *new)
@@ -127,7 +128,7 @@ def main() -> None:
     pred, t_bundle = run("-I", "predict.py", "--images", str(scratch / "new-test"), "--sample",
                          str(scratch / "new_sample.csv"), "--out", str(scratch / "bundle.csv"), "--probs",
                          str(scratch / "bundle_probs.npy"), cwd=bundle)  # fmt: skip
-    cfg_new = load_config(args.config, [a for a in base + new if a != "--set"])
+    cfg_new = load_config(args.config, args.set + [a for a in base + new if a != "--set"])
     from pipeline.plan import build_plan
 
     plan = build_plan(cfg_new)

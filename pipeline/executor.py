@@ -130,6 +130,8 @@ def execute(plan: Plan, key: str, force: bool = False, echo: bool = True, deadli
         except Exception as err:  # noqa: BLE001 - reported to the scheduler with the unit's name
             lost = err if isinstance(err, claims.LostClaim) else _lost(got)
             if lost is not None:  # a paused owner woke up after a take-over: the new owner's work stands
+                if store.is_done(unit):  # what it wrote since the new owner's commit removed its folder: no one's
+                    shutil.rmtree(staging, ignore_errors=True)
                 print(f"== lost: {lost}", file=cur.file, flush=True)
                 return {"state": "lost", "message": str(lost), "lines": cur.lines}
             traceback.print_exc(file=cur.file)
