@@ -227,27 +227,6 @@ def export(plan: Plan, submission: str | None, out: str | None, half: bool) -> P
     return dest
 
 
-def oof_arrays(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
-    """Each blended model's OOF (N, C) from the stored predictions, seeds averaged, its chosen views merged."""
-    from .tta import merge_policy
-
-    n, c = len(plan.comp.train), plan.comp.n_classes
-    out = []
-    for name in report["models"]:
-        policy, how = report["tta"][name]["chosen"].split("/")
-        per_seed: dict[int, np.ndarray] = {}
-        for key in blend.inputs.values():
-            p = plan.by_key[key]
-            if p.meta["model"] != name or p.meta["fold"] == FULL:
-                continue
-            d = plan.load(p)
-            acc = per_seed.setdefault(p.meta["seed"], np.zeros((len(d["views"]), n, c)))
-            acc[:, d["oof_rows"]] = d["oof_probs"]
-            views = d["views"]
-        out.append(merge_policy(np.mean(list(per_seed.values()), axis=0), views, policy, how))
-    return out
-
-
 def _rounded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights as a --half bundle holds them: rounded to fp16, computed in fp32."""
     return {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
@@ -307,11 +286,12 @@ def half_change(plan: Plan, submit: Unit) -> dict:
     from .submission import as_submitted
 
     blend = plan.input(submit, "blend")
-    report = plan.load(blend)["report"]
+    done = plan.load(blend)  # its oof_probs: the blend of the stored (fp32) predictions
+    report = done["report"]
     b, metric, fmt = report["blender"], plan.cfg.competition.metric, plan.comp.submit_format
     y = plan.comp.train["y"].to_numpy()
-    full, half = (blend_probs(report["method"], b["weights"], arrays, b["stack"])
-                  for arrays in (oof_arrays(plan, blend, report), half_oof(plan, blend, report)))  # fmt: skip
+    full = done["oof_probs"]
+    half = blend_probs(report["method"], b["weights"], half_oof(plan, blend, report), b["stack"])
     return {"metric": metric, "fp32": score(metric, y, as_submitted(full, fmt)),
             "fp16": score(metric, y, as_submitted(half, fmt)), "max_abs_prob_change": float(np.abs(full - half).max()),
             "labels_changed": int((full.argmax(1) != half.argmax(1)).sum()), "rows": len(y)}  # fmt: skip
