@@ -6,9 +6,12 @@ probabilities. Then, N times per executor, a fresh run gets one fault drawn from
 instant; afterwards the run is finished (`all` again, up to 3 times) and compared with the reference:
 - kill-run: SIGKILL of the run's whole process group (driver and workers);
 - kill-owner: SIGKILL of the process holding a random unit's claim (the driver under `local`, else a worker);
+- kill-node (ray only): the run goes to a two-node `ray.cluster_utils.Cluster` (1 CPU each), whose second node is
+  removed without grace (its raylet and workers killed) at a random instant, then replaced by a fresh node;
 - kill-after-done: SIGKILL of the whole run right after a new done.json appears;
-- pause-owner: SIGSTOP of the run past claim_timeout (2 s here, heartbeat 0.5 s) while a second run, as another host
-  whose clock is 2 h behind, finishes the work; then SIGCONT: the paused run must commit nothing and finish;
+- pause-owner: SIGSTOP of a unit's owner past claim_timeout (2 s here, heartbeat 0.5 s; under `local` the whole run,
+  else one worker) while a second run, as another host whose clock is 2 h behind, finishes the work; then SIGCONT:
+  the paused owner must commit nothing, and the first run finish;
 - skewed-host: a second run as another host whose clock is 1 h ahead, started beside the first;
 - corrupt-after-done: a byte of a random output flipped after the run finished (the next run must redo it);
 - disk-full: the work dir on a 256 MB tmpfs, filled for 3 s at a random instant (skipped where mount is refused).
@@ -40,7 +43,8 @@ from sklearn.datasets import load_digits
 
 from pipeline.config import REPO
 
-KINDS = ["kill-run", "kill-owner", "kill-after-done", "pause-owner", "skewed-host", "corrupt-after-done", "disk-full"]
+KINDS = ["kill-run", "kill-owner", "kill-after-done", "pause-owner", "skewed-host", "corrupt-after-done", "disk-full",
+         "kill-node"]  # fmt: skip
 MODELS = [{"name": "tiny", "backbone": "test_efficientnet", "weights": "none", "epochs": 6},
           {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
 FAST = {"PIPELINE_HEARTBEAT_S": "0.5"}
@@ -124,11 +128,11 @@ def wait_for(cond, proc: subprocess.Popen, limit: float = 120.0) -> bool:
     return False
 
 
-def inject(kind: str, cfg: Path, base: Path, rng: random.Random) -> None:
+def inject(kind: str, cfg: Path, base: Path, rng: random.Random, cluster=None) -> None:
     """Start a run, do the fault to it, and leave its processes ended."""
     work = base / "work"
     proc = start(cfg)
-    if kind in ("kill-run", "kill-owner", "disk-full"):
+    if kind in ("kill-run", "kill-owner", "disk-full", "kill-node"):
         time.sleep(rng.uniform(2.0, 25.0))
     if kind == "kill-run" or (kind == "kill-after-done" and wait_for(lambda: _new_done(work), proc)):
         _killpg(proc, signal.SIGKILL)
@@ -136,10 +140,14 @@ def inject(kind: str, cfg: Path, base: Path, rng: random.Random) -> None:
         pids = claim_pids(work)
         if pids:
             _kill(rng.choice(pids), signal.SIGKILL)
+    elif kind == "kill-node" and cluster is not None:
+        cluster.remove_node(cluster.list_all_nodes()[-1], allow_graceful=False)
     elif kind == "pause-owner" and wait_for(lambda: claim_pids(work), proc):
-        _killpg(proc, signal.SIGSTOP)
+        owner = rng.choice(claim_pids(work) or [proc.pid])
+        stop = (lambda sig: _killpg(proc, sig)) if owner == proc.pid else (lambda sig: _kill(owner, sig))
+        stop(signal.SIGSTOP)
         start(cfg, PIPELINE_HOST_ID="chaos-b", PIPELINE_CLOCK_SKEW="-7200").wait(timeout=900)
-        _killpg(proc, signal.SIGCONT)
+        stop(signal.SIGCONT)
     elif kind == "skewed-host":
         other = start(cfg, PIPELINE_HOST_ID="chaos-c", PIPELINE_CLOCK_SKEW="3600")
         other.wait(timeout=900)
@@ -203,7 +211,9 @@ def finish(cfg: Path) -> bool:
     return False
 
 
-def one_fault(kind: str, comp: Path, scratch: Path, executor: str, ref: dict, rng: random.Random) -> dict:
+def one_fault(kind: str, comp: Path, scratch: Path, executor: str, ref: dict, rng: random.Random, cluster=None) -> dict:
+    if kind == "kill-node" and cluster is None:
+        return {}
     base = Path(tempfile.mkdtemp(dir=scratch))
     if kind == "disk-full":
         (base / "work").mkdir()
@@ -213,7 +223,10 @@ def one_fault(kind: str, comp: Path, scratch: Path, executor: str, ref: dict, rn
     cfg = write_config(comp, base, executor)
     _seen_done.clear()
     try:
-        inject(kind, cfg, base, rng)
+        inject(kind, cfg, base, rng, cluster)
+        if cluster is not None and len(cluster.list_all_nodes()) < 2:
+            cluster.add_node(num_cpus=1)
+            cluster.wait_for_nodes()
         ok = finish(cfg)
         same = ok and outputs(base) == ref
         return {"faults": 1, "finished": int(ok), "identical": int(same), "double": double_commits(base),
@@ -239,27 +252,53 @@ def main() -> None:
     print("| executor | fault | faults | runs finished | identical submission + OOF | double commits | leftovers |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for executor in args.executors.split(","):
-        ref_base = scratch / f"ref-{executor}"
-        ref_base.mkdir()
-        cfg = write_config(comp, ref_base, executor)
-        if not finish(cfg):
-            print(f"| {executor} | (undisturbed run failed) | | | | | |")
-            continue
-        ref = outputs(ref_base)
-        rows: dict[str, dict] = {}
-        for i in range(args.faults):
-            kind = kinds[i % len(kinds)]
-            res = one_fault(kind, comp, scratch, executor, ref, rng)
-            row = rows.setdefault(kind, {})
-            for k, v in res.items():
-                row[k] = row.get(k, 0) + v
-        for kind, r in rows.items():
-            if r.get("faults"):
-                print(f"| {executor} | {kind} | {r['faults']} | {r['finished']} | {r['identical']} | {r['double']} | "
-                      f"{r['leftover']} |", flush=True)  # fmt: skip
-            else:
-                print(f"| {executor} | {kind} | skipped: mount -t tmpfs refused | | | | |", flush=True)
+        cluster = two_node_cluster() if executor == "ray" else None
+        try:
+            run_executor(executor, [k for k in kinds if k != "kill-node" or cluster], args.faults, comp, scratch,
+                         rng, cluster)  # fmt: skip
+        finally:
+            if cluster is not None:
+                cluster.shutdown()
+                os.environ.pop("RAY_ADDRESS", None)
     shutil.rmtree(scratch, ignore_errors=True)
+
+
+def two_node_cluster():
+    """A head and one more node of 1 CPU each; the runs join it through RAY_ADDRESS."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    os.environ["RAY_ADDRESS"] = cluster.address
+    return cluster
+
+
+def run_executor(executor: str, kinds: list[str], faults: int, comp: Path, scratch: Path, rng, cluster) -> None:
+    ref_base = scratch / f"ref-{executor}"
+    ref_base.mkdir()
+    t0 = time.time()
+    if not finish(write_config(comp, ref_base, executor)):
+        print(f"| {executor} | (undisturbed run failed) | | | | | |", flush=True)
+        return
+    ref = outputs(ref_base)
+    print(f"<!-- {executor}: undisturbed run {time.time() - t0:.0f} s -->", flush=True)
+    rows: dict[str, dict] = {}
+    for i in range(faults):
+        kind = kinds[i % len(kinds)]
+        t0 = time.time()
+        res = one_fault(kind, comp, scratch, executor, ref, rng, cluster)
+        row = rows.setdefault(kind, {})
+        for k, v in res.items():
+            row[k] = row.get(k, 0) + v
+        bad = res.get("faults") and (res["identical"] < 1 or res["double"] or res["leftover"])
+        print(f"<!-- fault {i} {kind}: {time.time() - t0:.0f} s{', ' + str(res) if bad else ''} -->", flush=True)
+    for kind, r in rows.items():
+        if r.get("faults"):
+            print(f"| {executor} | {kind} | {r['faults']} | {r['finished']} | {r['identical']} | {r['double']} | "
+                  f"{r['leftover']} |", flush=True)  # fmt: skip
+        else:
+            print(f"| {executor} | {kind} | skipped: mount -t tmpfs refused | | | | |", flush=True)
 
 
 if __name__ == "__main__":

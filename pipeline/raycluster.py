@@ -29,6 +29,13 @@ def run_task(cfg_dict: dict, digest: str, key: str, force: bool, cpus: int, thre
     return execute(plan, key, force, echo=False, deadline=deadline)
 
 
+def task_env() -> dict[str, str]:
+    """What a task's worker needs of this run's environment: the repo on its path, and the run's PIPELINE_*
+    settings (a heartbeat period, a host identity), which a worker must share with the run that planned it."""
+    env = {k: v for k, v in os.environ.items() if k.startswith("PIPELINE_")}
+    return {**env, "PYTHONPATH": str(REPO)}
+
+
 class RayExecutor:
     name = "ray"
     echo = False
@@ -40,7 +47,7 @@ class RayExecutor:
         self.started = not ray.is_initialized()
         if self.started:  # RAY_ADDRESS names an existing cluster; without it ray.init() starts a local one
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})  # fmt: skip
+                     runtime_env={"env_vars": task_env()})  # fmt: skip
         res = ray.cluster_resources()
         cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
         rt = plan.cfg.runtime
