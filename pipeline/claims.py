@@ -321,6 +321,16 @@ def live_owner(folder: Path, timeout: float, clear: bool = False) -> dict | None
     return None
 
 
+def clear_dead(folder: Path, timeout: float) -> bool:
+    """Remove what a dead owner left on a unit's folder (its claim, a take-over lock it held while committing: a kill
+    between done.json and the release leaves both on a done unit, which no later attempt would touch). True when no
+    live owner holds it."""
+    if (folder / LOCK).exists():
+        with _locked(folder, 0.05):  # breaks a dead holder's lock; a live holder's stays
+            pass
+    return live_owner(folder, timeout, clear=True) is None
+
+
 def owners(folder: Path) -> set[tuple[str, int]] | None:
     """(host tag, pid) of the claim on a unit folder or its parent (a staging folder); None if no unit's folder."""
     for d in (folder, folder.parent):

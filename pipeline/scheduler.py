@@ -249,12 +249,13 @@ def prepare_outputs(plan: Plan) -> None:
                                f"folder with --set {key}=PATH") from None  # fmt: skip
     removed = remove_stale_tmp(list(folders.values()), claims.pid_alive, claims.owners)
     timeout = plan.cfg.runtime.claim_timeout
-    for unit in plan.units:  # staging folders that a crash left in units that are done (and no one holds)
-        left = plan.store.attempts(unit)
-        if left and plan.store.is_done(unit) and not claims.live_owner(plan.store.dir(unit), timeout):
+    for unit in plan.units:  # staging folders, claims and locks that a crash left in units that are done
+        d, left = plan.store.dir(unit), plan.store.attempts(unit)
+        held = (d / claims.CLAIM).exists() or (d / claims.LOCK).exists()
+        if (left or held) and plan.store.is_done(unit) and claims.clear_dead(d, timeout):
             for a in left:
                 shutil.rmtree(a, ignore_errors=True)
-            removed += len(left)
+            removed += len(left) + held
     if removed:
         log("run", f"removed {removed} temporary file(s) left by killed processes")
 

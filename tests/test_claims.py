@@ -302,3 +302,36 @@ def test_temp_files_of_dead_owners_on_other_hosts_are_removed(tmp):
     mine.write_bytes(b"x")
     assert remove_stale_tmp([tmp], claims.pid_alive, claims.owners) == 2
     assert live.exists() and outside.exists() and mine.exists() and not dead.exists() and not staged.exists()
+
+
+# an attempt killed right after its commit (done.json written) while it still held the take-over lock and its claim
+COMMIT_THEN_DIE = """
+import os, signal, sys
+from pathlib import Path
+from pipeline import claims
+folder = Path(sys.argv[1])
+got = claims.acquire(folder, timeout=60)
+with got:
+    with got.fenced():
+        (folder / "done.json").write_text("{}")
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_claim_and_lock_left_on_a_done_unit_by_a_killed_committer_are_removed_by_the_next_run(tmp):
+    from pipeline.plan import build_plan
+    from pipeline.scheduler import ensure_done, prepare_outputs
+
+    plan = build_plan(load_config(write_config(tmp, "csv")))
+    (unit,) = plan.all("folds")
+    ensure_done(plan, [unit])
+    folder = plan.store.dir(unit)
+    marker = (folder / "done.json").read_bytes()
+    killed = python(COMMIT_THEN_DIE, str(folder), env=FAST)
+    assert killed.wait(timeout=60) == -signal.SIGKILL
+    (folder / "done.json").write_bytes(marker)  # the commit it made: this unit's own
+    assert (folder / claims.CLAIM).exists() and (folder / claims.LOCK).exists()
+    assert plan.store.is_done(unit)  # done, so no later attempt would ever touch its folder
+    prepare_outputs(plan)  # the start of the next run
+    assert not (folder / claims.CLAIM).exists() and not (folder / claims.LOCK).exists()
+    assert plan.store.is_done(unit)
