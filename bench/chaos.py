@@ -105,8 +105,8 @@ def double_commits(base: Path) -> int:
     return n
 
 
-def leftovers(base: Path) -> int:
-    return sum(1 for p in (base / "work").rglob("*") if LEFTOVER.search(p.name))
+def leftovers(base: Path) -> list[str]:
+    return [str(p.relative_to(base)) for p in (base / "work").rglob("*") if LEFTOVER.search(p.name)]
 
 
 def claim_pids(work: Path) -> list[int]:
@@ -230,7 +230,7 @@ def one_fault(kind: str, comp: Path, scratch: Path, executor: str, ref: dict, rn
         ok = finish(cfg)
         same = ok and outputs(base) == ref
         return {"faults": 1, "finished": int(ok), "identical": int(same), "double": double_commits(base),
-                "leftover": leftovers(base)}  # fmt: skip
+                "leftover": len(left := leftovers(base)), "files": left}  # fmt: skip
     finally:
         if kind == "disk-full":
             subprocess.run(["umount", "-l", str(base)], capture_output=True)
@@ -290,7 +290,8 @@ def run_executor(executor: str, kinds: list[str], faults: int, comp: Path, scrat
         res = one_fault(kind, comp, scratch, executor, ref, rng, cluster)
         row = rows.setdefault(kind, {})
         for k, v in res.items():
-            row[k] = row.get(k, 0) + v
+            if k != "files":
+                row[k] = row.get(k, 0) + v
         bad = res.get("faults") and (res["identical"] < 1 or res["double"] or res["leftover"])
         print(f"<!-- fault {i} {kind}: {time.time() - t0:.0f} s{', ' + str(res) if bad else ''} -->", flush=True)
     for kind, r in rows.items():
