@@ -2,14 +2,16 @@
 
 1. Measure: the `probe` unit times this machine on this competition's candidate models (cached: a second run on
    the same machine reuses it).
-2. Plan: the models of the config (a preset's ladder, best value per second first) are taken in order when the
-   expected seconds of their units not yet done fit the budget left, less a reserve for blend, submit and report.
-   Models are only ever added or left out, never changed, which lets a later run with more time reuse every unit.
-3. Run the chosen models' units most valuable first (one model complete before the next starts, so that whatever
-   the clock does there is a blendable set). A unit whose expected time no longer fits is left out; a training
-   stops at an epoch boundary when another epoch would pass the deadline (it stays resumable).
-4. Blend and submit the models that finished; the console, the manifest (`left_out`) and `budget.json` in the work
-   dir say what was left out, and every unit's estimated against its actual seconds.
+2. Plan and run, one model at a time, until the time is spent: walk the models of the config (a preset's ladder,
+   best value per second first) and take the first whose units not yet done are expected to fit in the time left,
+   less a reserve for blend, submit and report. A fine-tuned model that does not fit is shrunk to the most epochs
+   that fit (at least MIN_EPOCHS; named `<model>-e<epochs>`, so its units' labels and keys say what it is) rather
+   than passed over. Its units run (a unit whose expected time no longer fits is left out; a training stops at an
+   epoch boundary when another epoch would pass the deadline, and stays resumable); then the estimates are
+   calibrated on what the units of this run took (per stage and kind), and the next model is chosen.
+3. Blend and submit the models that finished; the console, the manifest (`left_out`) and `budget.json` in the work
+   dir say what was left out or shrunk, every unit's estimated against its actual seconds, and the seconds each
+   model took.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from .config import Config, parse_duration
+from .config import Config, ModelSpec, parse_duration
 from .executor import log
 from .plan import Plan, build_plan
 from .store import atomic_write_json
 from .tta import views_for
 
+MIN_EPOCHS = 3  # a fine-tune shrunk to fit the budget trains at least this many epochs
+CALIBRATION = (0.5, 3.0)  # estimates are scaled by what this run's units took against them, within these bounds
 RESERVE = (0.05, 5.0, 30.0)  # kept for blend, submit and report: 5 % of the budget, at least 5 s, at most 30 s
 MARGIN = 0.95  # plan for this share of the budget: estimates err, and the whole run must stay within +10 %
 
@@ -66,35 +70,111 @@ def _model_units(plan: Plan, name: str) -> list:
     return [u for u in plan.units if u.key in shared] + own
 
 
-def choose(plan: Plan, rates: dict, seconds_left: float) -> tuple[list[str], dict[str, float]]:
-    """The config's models in order, each taken when its not-done units are expected to fit in what is left (a model
-    that does not fit is passed over, and a cheaper one after it may still be taken); and each model's expected
-    seconds (0 for what is done). More time only adds models: what an earlier run finished costs nothing."""
-    seen: set[str] = set()
-    chosen, costs, total = [], {}, 0.0
-    for spec in plan.cfg.models:
-        cost = 0.0
-        for u in _model_units(plan, spec.name):
-            if u.key not in seen and not plan.store.is_done(u):
-                cost += estimate(plan, u, rates)
-            seen.add(u.key)
-        costs[spec.name] = cost
-        if total + cost <= seconds_left:
-            chosen.append(spec.name)
-            total += cost
-    return chosen, costs
+class Clock:
+    """Estimates of units, calibrated on the units that ran in this run: per (stage, kind) the ratio of the seconds
+    they took to the seconds expected (within CALIBRATION), else the ratio over every unit that ran."""
+
+    def __init__(self, rates: dict, started: float):
+        self.rates, self.started, self.rows = rates, started, []
+
+    def _kind(self, plan: Plan, u) -> str:
+        return plan.cfg.model(u.meta["model"]).kind if "model" in u.meta else ""
+
+    def ratio(self, group: tuple | None = None) -> float:
+        rows = [r for r in self.rows if group is None or r["group"] == group]
+        est, act = sum(r["estimated_s"] for r in rows), sum(r["actual_s"] for r in rows)
+        if est < 2.0:  # too little seen to say
+            return self.ratio() if group is not None else 1.0
+        return min(max(act / est, CALIBRATION[0]), CALIBRATION[1])
+
+    def seconds(self, plan: Plan, u) -> float:
+        return estimate(plan, u, self.rates) * self.ratio((u.stage, self._kind(plan, u)))
+
+    def cost(self, plan: Plan, name: str) -> float:
+        """Expected seconds of a model's units (and the image caches it reads) not done yet."""
+        return sum(self.seconds(plan, u) for u in _model_units(plan, name) if not plan.store.is_done(u))
+
+    def record(self, plan: Plan, units: list, model: str) -> None:
+        """The units of this model that ran in this run (not reused), with what was expected of them."""
+        seen = {r["unit"] for r in self.rows}
+        for u in units:
+            if u.label in seen:  # an image cache or the folds, counted with the model that ran them
+                continue
+            m = plan.store.read_marker(u) if plan.store.is_done(u) else None
+            if m and m.get("started_at", 0) >= self.started:
+                self.rows.append(
+                    {
+                        "unit": u.label,
+                        "model": model,
+                        "group": (u.stage, self._kind(plan, u)),
+                        "estimated_s": round(estimate(plan, u, self.rates), 2),
+                        "actual_s": m["seconds"],
+                    }
+                )
 
 
-def with_models(cfg: Config, names: list[str], left_out: list[str] | None = None) -> Config:
+def shrunk(spec: ModelSpec, epochs: int) -> ModelSpec:
+    """A fine-tune with fewer epochs, named for it."""
+    return dataclasses.replace(spec, name=f"{spec.name}-e{epochs}", epochs=epochs,
+                               frozen_epochs=min(spec.frozen_epochs, epochs - 1))  # fmt: skip
+
+
+def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> tuple[ModelSpec, float] | None:
+    """(spec, its expected seconds) when its units not done fit in `left`. A fine-tune that does not: a shrunk
+    variant an earlier run started (most epochs first: a rerun resumes or reuses it rather than training another),
+    else shrunk to the most epochs that fit (at least MIN_EPOCHS); else None."""
+    cost = clock.cost(plan, spec.name)
+    if cost <= left:
+        return spec, cost
+    if spec.kind != "finetune" or spec.epochs <= MIN_EPOCHS:
+        return None
+    for epochs in _started_variants(plan, spec):
+        small = shrunk(spec, epochs)
+        c = clock.cost(build_plan(with_models(cfg, [small])), small.name)
+        if c <= left:
+            return small, c
+    one = shrunk(spec, 1)
+    c1 = clock.cost(build_plan(with_models(cfg, [one])), one.name)
+    per_epoch = (cost - c1) / (spec.epochs - 1)
+    epochs = min(spec.epochs - 1, int((left - c1) / per_epoch) + 1) if per_epoch > 0 else 0
+    if epochs < MIN_EPOCHS:
+        return None
+    return shrunk(spec, epochs), c1 + per_epoch * (epochs - 1)
+
+
+def _started_variants(plan: Plan, spec: ModelSpec) -> list[int]:
+    """Epochs of the shrunk variants of a fine-tune whose training an earlier run started, most first."""
+    found = set()
+    for d in (plan.store.root / "train").glob(f"{spec.name}-e*"):
+        tail = d.name[len(spec.name) + 2 :]
+        if tail.isdigit() and MIN_EPOCHS <= int(tail) < spec.epochs:
+            found.add(int(tail))
+    return sorted(found, reverse=True)
+
+
+def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None = None) -> Config:
     """The config of a recipe: these models only (their units keep their keys), no probe (it has run)."""
-    out = dataclasses.replace(cfg, models=[m for m in cfg.models if m.name in names])
+    out = dataclasses.replace(cfg, models=list(specs))
     out.submit = dataclasses.replace(cfg.submit, left_out=sorted(left_out or []))
     out.runtime = dataclasses.replace(cfg.runtime, budget=None)
     return out
 
 
+def run_model(cfg: Config, spec: ModelSpec, clock: Clock, deadline: float) -> bool:
+    """Run one model's units most valuable first (images, features, then each fold's training and predictions);
+    True when every prediction of it is done."""
+    from .scheduler import run_units
+
+    plan = build_plan(with_models(cfg, [spec]))
+    order = ["images", "folds", "features", "train", "predict"]
+    targets = sorted((u for u in plan.units if u.stage in order), key=lambda u: order.index(u.stage))
+    run_units(plan, targets, deadline=deadline, estimates={u.key: clock.seconds(plan, u) for u in targets})
+    clock.record(plan, targets, spec.name)
+    return all(plan.store.is_done(u) for u in plan.all("predict", model=spec.name))
+
+
 def run_budget(cfg: Config, started: float, **options) -> None:
-    from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
+    from .scheduler import ensure_done, prepare_outputs, run_stages
 
     total = parse_duration(cfg.runtime.budget)
     deadline = started + total
@@ -102,42 +182,51 @@ def run_budget(cfg: Config, started: float, **options) -> None:
     plan = build_plan(cfg)
     prepare_outputs(plan)
     ensure_done(plan, plan.all("probe") + plan.all("folds"))
-    rates = plan.load(plan.one("probe"))
-    left = MARGIN * (deadline - time.time()) - reserve
-    chosen, costs = choose(plan, rates, left)
-    if not chosen:
-        first = cfg.models[0].name
-        raise BudgetError(f"budget {cfg.runtime.budget}: even the first model ({first}) is expected to need about "
-                          f"{costs[first] + reserve:.0f}s here; give more time")  # fmt: skip
-    later = [m.name for m in cfg.models if m.name not in chosen]
-    log("budget", f"{total:.0f}s: recipe {chosen} (expected {sum(costs[c] for c in chosen):.0f}s of work, "
-                  f"{left:.0f}s available)" + (f"; not this time: {later}" if later else ""))  # fmt: skip
-    plan1 = build_plan(with_models(cfg, chosen))
-    rank = {name: i for i, name in enumerate(chosen)}
-    order = ["images", "folds", "features", "train", "predict"]
-    targets = sorted((u for u in plan1.units if u.stage in order),
-                     key=lambda u: (rank.get(u.meta.get("model"), -1), order.index(u.stage)))  # fmt: skip
-    estimates = {u.key: estimate(plan1, u, rates) for u in targets}
-    run_units(plan1, targets, deadline=deadline - reserve, estimates=estimates)
-    complete = [n for n in chosen if all(plan1.store.is_done(u) for u in plan1.all("predict", model=n))]
+    clock = Clock(plan.load(plan.one("probe")), started)
+    candidates, taken, complete = list(cfg.models), [], []
+    while candidates:
+        left = MARGIN * (deadline - time.time()) - reserve
+        picks = ((spec, fit(cfg, plan, spec, clock, left)) for spec in candidates)
+        spec, got = next(((s, g) for s, g in picks if g is not None), (None, None))
+        if got is None:
+            if not taken:
+                first = cfg.models[0].name
+                need = clock.cost(plan, first) + reserve
+                raise BudgetError(f"budget {cfg.runtime.budget}: even the first model ({first}) is expected to "
+                                  f"need about {need:.0f}s here; give more time")  # fmt: skip
+            break
+        pick, cost = got
+        candidates.remove(spec)
+        taken.append(pick)
+        shrink = f" (shrunk from {spec.epochs} epochs)" if pick is not spec else ""
+        log("budget", f"next: {pick.name}{shrink}, expected {cost:.0f}s of the {max(left, 0):.0f}s left")
+        if run_model(cfg, pick, clock, deadline - reserve):
+            complete.append(pick)
     if not complete:
         raise BudgetError(f"budget {cfg.runtime.budget}: no model finished in time; run again with more time "
                           f"(finished units are kept)")  # fmt: skip
-    left_out = [n for n in chosen if n not in complete] + later
+    left_out = [s.name for s in taken if s not in complete] + [s.name for s in candidates]
     if left_out:
-        log("budget", f"submitting {complete}; left out: {left_out}")
+        log("budget", f"submitting {[s.name for s in complete]}; left out: {left_out}")
     plan2 = build_plan(with_models(cfg, complete, left_out))
     run_stages(plan2, [s for s in ("blend", "submit", "report") if plan2.all(s)], **options)
-    report = []
-    for u in targets:
-        if plan1.store.is_done(u):
-            m = plan1.store.marker(u)
-            if m.get("started_at", 0) >= started:  # ran in this run (not reused)
-                report.append({"unit": u.label, "estimated_s": round(estimates[u.key], 2), "actual_s": m["seconds"]})
+    _account(plan, cfg, clock, started, total, taken, complete, candidates)
+
+
+def _account(plan, cfg, clock: Clock, started: float, total: float, taken, complete, candidates) -> None:
+    """budget.json and the console's last lines: what ran, what it was expected to take, where the time went."""
     spent = time.time() - started
+    names = [s.name for s in complete]
+    per_model = {s.name: round(sum(r["actual_s"] for r in clock.rows if r["model"] == s.name), 1) for s in taken}
     atomic_write_json(plan.store.root / "budget.json", {
-        "budget_s": total, "spent_s": round(spent, 1), "recipe": chosen, "complete": complete, "left_out": left_out,
-        "not_this_time": later, "units": report,
+        "budget_s": total, "spent_s": round(spent, 1), "recipe": [s.name for s in taken], "complete": names,
+        "left_out": [s.name for s in taken if s not in complete], "not_this_time": [s.name for s in candidates],
+        "shrunk": {s.name: s.epochs for s in taken if s.name not in {m.name for m in cfg.models}},
+        "calibration": {f"{k[0]}/{k[1]}" if k[1] else k[0]: round(clock.ratio(k), 2)
+                        for k in sorted({r["group"] for r in clock.rows})},
+        "seconds_per_model": per_model, "units": [{k: v for k, v in r.items() if k != "group"} for r in clock.rows],
     })  # fmt: skip
-    est, act = sum(r["estimated_s"] for r in report), sum(r["actual_s"] for r in report)
+    est, act = sum(r["estimated_s"] for r in clock.rows), sum(r["actual_s"] for r in clock.rows)
     log("budget", f"spent {spent:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s, estimated {est:.0f}s")
+    used = ", ".join(f"{n} {s:.0f}s" + ("" if n in names else " (not submitted)") for n, s in per_model.items())
+    log("budget", f"where it went: {used}")

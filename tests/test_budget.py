@@ -18,35 +18,44 @@ from .conftest import run_cli, write_config
 pytestmark = pytest.mark.slow
 LADDER = [
     {"name": "head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"},
-    {"name": "ft", "backbone": "test_efficientnet", "weights": "none", "epochs": 3},
-    {"name": "huge", "backbone": "test_efficientnet", "weights": "none", "epochs": 100000},  # never fits
+    {"name": "huge", "backbone": "test_efficientnet", "weights": "none", "epochs": 100000},  # fits only shrunk
 ]
 
 
-def test_budget_plans_a_prefix_publishes_what_finished_and_a_longer_budget_reuses_it(tmp):
+def test_budget_fills_its_time_shrinks_a_rung_that_does_not_fit_and_a_rerun_reuses_it(tmp):
     cfg = str(write_config(tmp, "csv", models=LADDER))
     t0 = time.time()
-    out = run_cli("all", "--config", cfg, "--budget", "90s").stdout
+    out = run_cli("all", "--config", cfg, "--budget", "120s").stdout
     wall = time.time() - t0
     plan = json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())
-    assert plan["recipe"] == ["head", "ft"] and plan["not_this_time"] == ["huge"], plan
-    assert wall <= 90 * 1.1, wall
+    # the head fits whole; huge (100,000 epochs) is shrunk to the epochs the time left buys, not passed over
+    assert plan["recipe"][0] == "head" and len(plan["recipe"]) == 2, plan
+    (small,) = plan["shrunk"]
+    epochs = plan["shrunk"][small]
+    assert small == plan["recipe"][1] == f"huge-e{epochs}" and 3 <= epochs < 100000, plan
+    assert f"next: {small} (shrunk from 100000 epochs)" in out
+    assert any(u["unit"].startswith(f"train/{small}/") for u in plan["units"])  # its units ran, named for it
+    assert wall <= 120 * 1.1, wall
     (manifest,) = [json.loads(p.read_text()) for p in (tmp / "submissions").glob("*.json")]
-    assert manifest["models"] == ["head", "ft"] and manifest["left_out"] == ["huge"]
-    assert "left out of this submission (the time budget ran out): ['huge']" in out
+    assert manifest["models"][0] == "head" and sorted(manifest["models"] + manifest["left_out"]) == sorted(
+        plan["recipe"]
+    )
     sub = pd.read_csv(next((tmp / "submissions").glob("*.csv")), dtype=str)
     assert len(sub) == 9 and set(sub["digit"]) <= {"0", "1", "2"}
     # the estimates of the units that ran: each within a factor 5 of what it took (or both under a second)
     for u in plan["units"]:
         est, act = u["estimated_s"], u["actual_s"]
         assert max(est, act) <= 1.0 or act / 5 <= est <= act * 5, u
-    # status names the model the budget left out: its units are missing
-    status = run_cli("status", "--config", cfg, "--budget", "90s").stdout
+    assert "where it went: head" in out and f"{small} " in out.split("where it went:")[-1]
+    # status names the full rung the budget did not run: its units are missing
+    status = run_cli("status", "--config", cfg, "--budget", "120s").stdout
     assert "missing  train/huge/seed0/fold0" in status
 
-    # a run with the same budget trains nothing again: every unit of the recipe is reused
-    again = run_cli("all", "--config", cfg, "--budget", "90s").stdout
-    assert "[train] run" not in again and "[predict] run" not in again, again
+    # a rerun with the same budget takes the same shrunk variant (reused, or resumed where the deadline stopped
+    # it), never another one, and trains nothing of what was done
+    again = run_cli("all", "--config", cfg, "--budget", "120s").stdout
+    assert json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())["recipe"] == plan["recipe"]
+    assert "[train] run    head/" not in again and "[features] run" not in again, again
 
 
 def test_a_training_stopped_by_the_deadline_stays_resumable(tmp):
@@ -61,6 +70,29 @@ def test_a_training_stopped_by_the_deadline_stays_resumable(tmp):
     assert "== stopped: after epoch" in log and "of 40: another would pass the time budget" in log
     run_units(plan, [unit])  # no deadline: it resumes where it stopped
     assert plan.store.is_done(unit) and "== resume train/ft/seed0/fold0" in (folder / "log.txt").read_text()
+
+
+def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resumes(tmp):
+    from pipeline import budget
+
+    models = [{"name": "ft", "backbone": "test_efficientnet", "weights": "none", "epochs": 40}]
+    cfg = load_config(write_config(tmp, "csv", models=models), ["runtime.budget=10m"])
+    plan = build_plan(cfg)
+    ensure_done(plan, [*plan.all("probe"), plan.one("folds"), *plan.all("images")])
+    small = budget.shrunk(cfg.models[0], 12)
+    first = build_plan(budget.with_models(cfg, [small]))
+    unit = first.one("train", model="ft-e12", seed=0, fold=0)
+    assert unit.label == "train/ft-e12/seed0/fold0" and unit.params["epochs"] == 12  # its key says what it is
+    run_units(first, [unit], deadline=time.time() + 1.5, estimates={unit.key: 0.0})
+    assert not first.store.is_done(unit) and first.store.partial(unit, "resume.pt") is not None
+    # a later run whose time left buys more than 12 epochs, not all 40: the started variant, not a new shrink
+    clock = budget.Clock(plan.load(plan.one("probe")), time.time())
+    left = clock.cost(plan, "ft") / 2
+    pick, _ = budget.fit(cfg, plan, cfg.models[0], clock, left)
+    assert budget.fit(cfg, plan, budget.shrunk(cfg.models[0], 39), clock, left)[0].epochs > 12
+    assert pick.name == "ft-e12", pick.name
+    assert budget.run_model(cfg, pick, clock, deadline=time.time() + 600)
+    assert "== resume train/ft-e12/seed0/fold0" in (first.store.dir(unit) / "log.txt").read_text()
 
 
 def test_presets_fill_a_config_that_holds_only_the_competition(tmp):
