@@ -18,6 +18,7 @@ import math
 
 import pandas as pd
 
+from .errors import DataError
 from .infer import IMAGE_EXTS, id_key  # noqa: F401 - the extensions PIL reads; the one rule ids are compared by
 
 ORDINAL = {"qwk"}  # metrics that read the classes as ordered
@@ -25,8 +26,6 @@ POSITIVE_WORDS = {"1", "true", "yes", "y", "t", "positive", "pos"}
 
 
 def _error(msg: str) -> Exception:
-    from .data import DataError
-
     return DataError(msg)
 
 
