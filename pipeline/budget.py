@@ -18,10 +18,10 @@ import dataclasses
 import time
 
 from .config import Config, parse_duration
-from .executor import log
+from .logs import log
 from .plan import Plan, build_plan
-from .store import atomic_write_json
-from .tta import views_for
+from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
+from .store import Unit, atomic_write_json
 
 RESERVE = (0.05, 5.0, 30.0)  # kept for blend, submit and report: 5 % of the budget, at least 5 s, at most 30 s
 MARGIN = 0.95  # plan for this share of the budget: estimates err, and the whole run must stay within +10 %
@@ -31,38 +31,26 @@ class BudgetError(RuntimeError):
     pass
 
 
-def estimate(plan: Plan, unit, rates: dict) -> float:
-    """Expected seconds of one unit from the probe's rates (images/s) and the competition's sizes."""
-    from .stages.probe import candidate
-
-    comp = plan.comp
-    n_train, n_test = len(comp.train), len(comp.test_ids)
-    if unit.stage == "images":
-        return 0.5 + rates["decode_s"] * len(comp.sources(unit.meta["split"]))
-    if unit.stage in ("folds", "probe"):
-        return 0.2
-    if unit.stage in ("blend", "submit", "report"):
-        return 1.0
-    spec = plan.cfg.model(unit.meta["model"])
-    fwd, setup = rates["eval"][candidate(spec)], rates["setup_s"][candidate(spec)]
-    views = len(views_for(plan.cfg.predict.views))
-    n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
-    if unit.stage == "features":
-        return setup + len(comp.sources(unit.meta["split"])) * views / fwd
-    if unit.stage == "train":
-        if spec.kind == "head":
-            return 0.2 + 2e-4 * n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows
-        per_epoch = (n_train - n_val) / rates["train"][candidate(spec, True)] + n_val / fwd
-        return setup + spec.epochs * per_epoch
-    if unit.stage == "predict":
-        return 0.1 if spec.kind == "head" else setup + (n_val + n_test) * views / fwd
-    return 1.0
+def estimate(plan: Plan, unit: Unit, rates: dict) -> float:
+    """Expected seconds of one unit from the probe's rates (images/s) and the competition's sizes: its stage's
+    `estimate`."""
+    return plan.stages[unit.stage].estimate(plan, unit, rates)
 
 
-def _model_units(plan: Plan, name: str) -> list:
-    """A model's units and the image caches it reads, in the order they run."""
+def _ancestors(plan: Plan, units: list[Unit]) -> set[str]:
+    keys, stack = set(), [d for u in units for d in plan.deps[u.key]]
+    while stack:
+        k = stack.pop()
+        if k not in keys:
+            keys.add(k)
+            stack += plan.deps[k]
+    return keys
+
+
+def _model_units(plan: Plan, name: str) -> list[Unit]:
+    """A model's units and the units they read (image caches, folds), in the order they run."""
     own = [u for u in plan.units if u.meta.get("model") == name]
-    shared = {k for u in own for k in plan.deps[u.key] if plan.by_key[k].stage == "images"}
+    shared = _ancestors(plan, own) - {u.key for u in own}
     return [u for u in plan.units if u.key in shared] + own
 
 
@@ -93,13 +81,23 @@ def with_models(cfg: Config, names: list[str], left_out: list[str] | None = None
     return out
 
 
-def run_budget(cfg: Config, started: float, **options) -> None:
-    from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
+def model_targets(plan: Plan, chosen: list[str]) -> list[Unit]:
+    """The units of the chosen models and what they read, most valuable model first (one model complete before the
+    next starts), in registry order within a model; what no model owns (image caches, folds) first."""
+    rank = {name: i for i, name in enumerate(chosen)}
+    own = [u for u in plan.units if u.meta.get("model") in rank]
+    keys = {u.key for u in own} | _ancestors(plan, own)
+    order = list(plan.stages)
+    return sorted((u for u in plan.units if u.key in keys),
+                  key=lambda u: (rank.get(u.meta.get("model"), -1), order.index(u.stage)))  # fmt: skip
 
+
+def run_budget(plan: Plan, started: float, **options) -> None:
+    """`all --budget`: measure, choose the models that fit, run them, then submit those that finished."""
+    cfg = plan.cfg
     total = parse_duration(cfg.runtime.budget)
     deadline = started + total
     reserve = min(max(RESERVE[0] * total, RESERVE[1]), RESERVE[2])
-    plan = build_plan(cfg)
     prepare_outputs(plan)
     ensure_done(plan, plan.all("probe") + plan.all("folds"))
     rates = plan.load(plan.one("probe"))
@@ -112,32 +110,36 @@ def run_budget(cfg: Config, started: float, **options) -> None:
     later = [m.name for m in cfg.models if m.name not in chosen]
     log("budget", f"{total:.0f}s: recipe {chosen} (expected {sum(costs[c] for c in chosen):.0f}s of work, "
                   f"{left:.0f}s available)" + (f"; not this time: {later}" if later else ""))  # fmt: skip
-    plan1 = build_plan(with_models(cfg, chosen))
-    rank = {name: i for i, name in enumerate(chosen)}
-    order = ["images", "folds", "features", "train", "predict"]
-    targets = sorted((u for u in plan1.units if u.stage in order),
-                     key=lambda u: (rank.get(u.meta.get("model"), -1), order.index(u.stage)))  # fmt: skip
+    plan1 = build_plan(with_models(cfg, chosen), plan.stages)
+    targets = model_targets(plan1, chosen)
     estimates = {u.key: estimate(plan1, u, rates) for u in targets}
     run_units(plan1, targets, deadline=deadline - reserve, estimates=estimates)
-    complete = [n for n in chosen if all(plan1.store.is_done(u) for u in plan1.all("predict", model=n))]
+    complete = [n for n in chosen if all(plan1.store.is_done(u) for u in plan1.units if u.meta.get("model") == n)]
     if not complete:
         raise BudgetError(f"budget {cfg.runtime.budget}: no model finished in time; run again with more time "
                           f"(finished units are kept)")  # fmt: skip
     left_out = [n for n in chosen if n not in complete] + later
     if left_out:
         log("budget", f"submitting {complete}; left out: {left_out}")
-    plan2 = build_plan(with_models(cfg, complete, left_out))
-    run_stages(plan2, [s for s in ("blend", "submit", "report") if plan2.all(s)], **options)
+    plan2 = build_plan(with_models(cfg, complete, left_out), plan.stages)
+    ran = {u.stage for u in targets}
+    run_stages(plan2, [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)],
+               **options)  # fmt: skip
+    record = {"budget_s": total, "recipe": chosen, "complete": complete, "left_out": left_out, "not_this_time": later}
+    _record(plan1, targets, estimates, started, record)
+
+
+def _record(plan: Plan, targets: list[Unit], estimates: dict, started: float, record: dict) -> None:
+    """budget.json: what was chosen and left out, and every unit that ran, estimated against actual seconds."""
     report = []
     for u in targets:
-        if plan1.store.is_done(u):
-            m = plan1.store.marker(u)
+        if plan.store.is_done(u):
+            m = plan.store.marker(u)
             if m.get("started_at", 0) >= started:  # ran in this run (not reused)
                 report.append({"unit": u.label, "estimated_s": round(estimates[u.key], 2), "actual_s": m["seconds"]})
     spent = time.time() - started
-    atomic_write_json(plan.store.root / "budget.json", {
-        "budget_s": total, "spent_s": round(spent, 1), "recipe": chosen, "complete": complete, "left_out": left_out,
-        "not_this_time": later, "units": report,
-    })  # fmt: skip
+    first, rest = {"budget_s": record.pop("budget_s")}, record
+    atomic_write_json(plan.store.root / "budget.json", {**first, "spent_s": round(spent, 1), **rest, "units": report})
     est, act = sum(r["estimated_s"] for r in report), sum(r["actual_s"] for r in report)
-    log("budget", f"spent {spent:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s, estimated {est:.0f}s")
+    log("budget", f"spent {spent:.0f}s of {first['budget_s']:.0f}s; the units that ran took {act:.0f}s, "
+                  f"estimated {est:.0f}s")  # fmt: skip

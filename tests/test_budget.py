@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.app import build_plan
 from pipeline.config import PRESETS, ConfigError, load_config, parse_duration
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done, run_units
 
 from .conftest import run_cli, write_config

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from pipeline import scheduler
+from pipeline.app import build_plan
 from pipeline.config import load_config
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done, run_units
 from pipeline.store import DONE, Store, Unit, atomic_write
 

@@ -53,8 +53,8 @@ def test_status_shows_a_claimed_unit_as_running(tmp):
     import time
 
     from pipeline import claims
+    from pipeline.app import build_plan
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
 
     cfg = str(exec_config(tmp))
     plan = build_plan(load_config(cfg))
@@ -74,19 +74,19 @@ def test_status_shows_a_claimed_unit_as_running(tmp):
 def test_a_worker_that_sees_other_files_fails_naming_its_host(tmp):
     from PIL import Image
 
-    from pipeline import executor
+    from pipeline import app, executor
+    from pipeline.app import build_plan
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
     from pipeline.store import HOST
 
     cfg = load_config(exec_config(tmp))
     plan = build_plan(cfg)
-    executor._plans.clear()
+    app._plans.clear()
     with pytest.raises(RuntimeError, match=rf"on host {HOST}: .*is not the scheduler's .*shared filesystem"):
-        executor.plan_for(cfg.to_dict(), plan.digest)  # its work dir holds no plan published by the scheduler
+        app.plan_for(cfg.to_dict(), plan.digest)  # its work dir holds no plan published by the scheduler
     executor.publish_plan(plan)
-    assert executor.plan_for(cfg.to_dict(), plan.digest).digest == plan.digest
-    executor._plans.clear()  # a fresh worker, on a node where one training image differs
+    assert app.plan_for(cfg.to_dict(), plan.digest).digest == plan.digest
+    app._plans.clear()  # a fresh worker, on a node where one training image differs
     Image.new("L", (8, 8), 255).save(plan.comp.train_sources[0])
     with pytest.raises(RuntimeError, match=rf"on host {HOST}: the plan built here differs from the scheduler's"):
-        executor.plan_for(cfg.to_dict(), plan.digest)
+        app.plan_for(cfg.to_dict(), plan.digest)
