@@ -65,6 +65,8 @@ def run_unit(plan_path, key: str, force: bool = False, deadline: float | None = 
     except Exception as err:  # noqa: BLE001 - this unit's failure, naming the host
         msg = str(err) if isinstance(err, RuntimeError) else f"on host {HOST}: cannot read the plan {plan_path}: {err}"
         return Result("error", msg, error=type(err).__name__)
+    if key not in plan.by_key:
+        return Result("error", f"no unit with key {key} in the plan {plan_path}", error="KeyError")
     return execute(plan, key, force, echo=False, deadline=deadline)
 
 
