@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from . import app
+from . import STARTED, app
 from .budget import run_budget
 from .config import ConfigError, load_config, resolve_path
 from .executor import UnitFailed
@@ -15,8 +15,6 @@ from .models import set_offline
 from .plan import MissingInput
 from .scheduler import run_stages, status
 from .stages import STAGES
-
-STARTED = time.time()  # a time budget counts from here, before torch loads
 
 
 def run_unit(argv: list[str]) -> int:
@@ -32,11 +30,7 @@ def run_unit(argv: list[str]) -> int:
     return app.main(args.plan, args.key, args.force, args.deadline, args.serve)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["run-unit"]:
-        return run_unit(argv[1:])
-    stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
+def _parser(stages: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="./run.sh", description="Kaggle-style image competition pipeline")
     parser.add_argument("command", choices=["all", *stages, "status", "submissions", "export", "run-unit"])
     parser.add_argument("--config", help="YAML config (default: configs/default.yaml)")
@@ -48,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="export: the bundle's folder")
     parser.add_argument("--half", action="store_true", help="export: network weights in fp16 (OOF change printed)")
     parser.add_argument("--preset", choices=["fast", "medium", "best", "auto"], help="a recipe from the ladder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run-unit"]:
+        return run_unit(argv[1:])
+    stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
+    args = _parser(stages).parse_args(argv)
 
     extra = [f"runtime.budget={args.budget}"] if args.budget else []
     extra += [f"preset={args.preset}"] if args.preset else []
