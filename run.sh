@@ -24,6 +24,9 @@ cmd=${1:-help}
 case "$cmd" in
   test)
     shift
+    # the architecture first (import-linter: contracts in pyproject.toml), then the tests
+    "$RUN_PY" -c 'import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())' \
+      --no-logo --no-cache
     exec "$RUN_PY" -m pytest "$@"
     ;;
   bench)

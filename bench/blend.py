@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.app import build_plan
 from pipeline.blending import METHODS, bootstrap_gain, choose_tta, honest_cv, make_blend
 from pipeline.metrics import GREATER_IS_BETTER, score
-from pipeline.plan import build_plan
 from pipeline.stages.blend import gather
 from pipeline.tta import merge_policy
 

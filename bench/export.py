@@ -129,7 +129,7 @@ def main() -> None:
                          str(scratch / "new_sample.csv"), "--out", str(scratch / "bundle.csv"), "--probs",
                          str(scratch / "bundle_probs.npy"), cwd=bundle)  # fmt: skip
     cfg_new = load_config(args.config, args.set + [a for a in base + new if a != "--set"])
-    from pipeline.plan import build_plan
+    from pipeline.app import build_plan
 
     plan = build_plan(cfg_new)
     blend = plan.load(plan.one("blend"))

@@ -17,8 +17,8 @@ import time
 import numpy as np
 import torch
 
+from pipeline.app import build_plan
 from pipeline.models import embed
-from pipeline.plan import build_plan
 from pipeline.runtime import amp_context, prepare_model
 from pipeline.scheduler import ensure_done
 

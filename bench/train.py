@@ -25,10 +25,10 @@ import time
 import numpy as np
 import torch
 
+from pipeline.app import build_plan
 from pipeline.augment import train_transform
 from pipeline.data import ImageDataset
 from pipeline.models import preprocessing
-from pipeline.plan import build_plan
 from pipeline.runtime import amp_context, derive_seed, make_loader, pick_device, prepare_model, resolve_workers
 from pipeline.scheduler import ensure_done
 from pipeline.stages.train import setup, train_one_epoch

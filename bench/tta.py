@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import ttach
 
+from pipeline.app import build_plan
 from pipeline.data import ImageDataset
 from pipeline.models import preprocessing
-from pipeline.plan import build_plan
 from pipeline.runtime import amp_context, make_loader, prepare_model, run_views
 from pipeline.scheduler import ensure_done
 from pipeline.tta import views_for

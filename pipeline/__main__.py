@@ -6,17 +6,33 @@ import argparse
 import sys
 import time
 
-from .config import ConfigError, load_config
+from . import STARTED, app
+from .budget import run_budget
+from .config import ConfigError, load_config, resolve_path
+from .executor import UnitFailed
+from .export import export
+from .models import set_offline
+from .plan import MissingInput
+from .scheduler import run_stages, status
+from .stages import STAGES
 
-STARTED = time.time()  # a time budget counts from here, before torch loads
+
+def run_unit(argv: list[str]) -> int:
+    """`python -m pipeline run-unit --plan PLAN --key KEY`: one unit of a published plan (pipeline.app)."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline run-unit", description=app.__doc__.split("\n\n")[1])
+    parser.add_argument("--plan", required=True, help="the plan the scheduler published (work/.../plans/*.json)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--key", help="the unit's key")
+    what.add_argument("--serve", action="store_true", help="answer one request per line on stdin (a worker)")
+    parser.add_argument("--force", action="store_true", help="redo the unit")
+    parser.add_argument("--deadline", type=float, help="epoch seconds by which a training stops at an epoch's end")
+    args = parser.parse_args(argv)
+    return app.main(args.plan, args.key, args.force, args.deadline, args.serve)
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .stages import STAGES
-
-    stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
+def _parser(stages: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="./run.sh", description="Kaggle-style image competition pipeline")
-    parser.add_argument("command", choices=["all", *stages, "status", "submissions", "export"])
+    parser.add_argument("command", choices=["all", *stages, "status", "submissions", "export", "run-unit"])
     parser.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--force", action="store_true", help="redo the named stage's units")
@@ -26,7 +42,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="DIR", help="export: the bundle's folder")
     parser.add_argument("--half", action="store_true", help="export: network weights in fp16 (OOF change printed)")
     parser.add_argument("--preset", choices=["fast", "medium", "best", "auto"], help="a recipe from the ladder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["run-unit"]:
+        return run_unit(argv[1:])
+    stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
+    args = _parser(stages).parse_args(argv)
 
     extra = [f"runtime.budget={args.budget}"] if args.budget else []
     extra += [f"preset={args.preset}"] if args.preset else []
@@ -36,20 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     if args.command == "submissions":
-        from .config import resolve_path
-
         STAGES["submit"].list_submissions(resolve_path(cfg.runtime.submissions_dir))
         return 0
-    from .models import set_offline
-
     set_offline(cfg.runtime.offline)  # before timm loads weights
-    from .executor import UnitFailed
-    from .plan import MissingInput, build_plan
-    from .scheduler import run_stages, status
-
     t0 = time.time()
     try:
-        plan = build_plan(cfg)
+        plan = app.build_plan(cfg)
         for note in plan.comp.notes:
             print(f"[data] note: {note}", flush=True)
         if args.command == "status":
@@ -57,14 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         if plan.problems and not (args.force and args.command == "folds"):
             raise ValueError("\n".join(plan.problems.values()))
         if args.command == "export":
-            from .export import export
-
             export(plan, args.submission, args.out, args.half)
             return 0
         if cfg.runtime.budget and args.command == "all":
-            from .budget import run_budget
-
-            run_budget(cfg, STARTED, kaggle=args.kaggle)
+            run_budget(plan, STARTED, kaggle=args.kaggle)
         else:
             run_stages(plan, stages if args.command == "all" else [args.command],
                        force=args.force and args.command != "all", kaggle=args.kaggle)  # fmt: skip

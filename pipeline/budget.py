@@ -20,10 +20,10 @@ import dataclasses
 import time
 
 from .config import Config, ModelSpec, parse_duration
-from .executor import log
+from .logs import log
 from .plan import Plan, build_plan
-from .store import atomic_write_json
-from .tta import views_for
+from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
+from .store import Unit, atomic_write_json
 
 MIN_EPOCHS = 3  # a fine-tune shrunk to fit the budget trains at least this many epochs
 CALIBRATION = (0.5, 3.0)  # estimates are scaled by what this run's units took against them, within these bounds
@@ -35,39 +35,33 @@ class BudgetError(RuntimeError):
     pass
 
 
-def estimate(plan: Plan, unit, rates: dict) -> float:
-    """Expected seconds of one unit from the probe's rates (images/s) and the competition's sizes."""
-    from .stages.probe import candidate
-
-    comp = plan.comp
-    n_train, n_test = len(comp.train), len(comp.test_ids)
-    if unit.stage == "images":
-        return 0.5 + rates["decode_s"] * len(comp.sources(unit.meta["split"]))
-    if unit.stage in ("folds", "probe"):
-        return 0.2
-    if unit.stage in ("blend", "submit", "report"):
-        return 1.0
-    spec = plan.cfg.model(unit.meta["model"])
-    fwd, setup = rates["eval"][candidate(spec)], rates["setup_s"][candidate(spec)]
-    views = len(views_for(plan.cfg.predict.views))
-    n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
-    if unit.stage == "features":
-        return setup + len(comp.sources(unit.meta["split"])) * views / fwd
-    if unit.stage == "train":
-        if spec.kind == "head":
-            return 0.2 + 2e-4 * n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows
-        per_epoch = (n_train - n_val) / rates["train"][candidate(spec, True)] + n_val / fwd
-        return setup + spec.epochs * per_epoch
-    if unit.stage == "predict":
-        return 0.1 if spec.kind == "head" else setup + (n_val + n_test) * views / fwd
-    return 1.0
+def estimate(plan: Plan, unit: Unit, rates: dict) -> float:
+    """Expected seconds of one unit from the probe's rates (images/s) and the competition's sizes: its stage's
+    `estimate`."""
+    return plan.stages[unit.stage].estimate(plan, unit, rates)
 
 
-def _model_units(plan: Plan, name: str) -> list:
-    """A model's units and the image caches it reads, in the order they run."""
+def _ancestors(plan: Plan, units: list[Unit]) -> set[str]:
+    keys, stack = set(), [d for u in units for d in plan.deps[u.key]]
+    while stack:
+        k = stack.pop()
+        if k not in keys:
+            keys.add(k)
+            stack += plan.deps[k]
+    return keys
+
+
+def _model_units(plan: Plan, name: str) -> list[Unit]:
+    """A model's units and the units they read (image caches, folds), in the order they run."""
     own = [u for u in plan.units if u.meta.get("model") == name]
-    shared = {k for u in own for k in plan.deps[u.key] if plan.by_key[k].stage == "images"}
+    shared = _ancestors(plan, own) - {u.key for u in own}
     return [u for u in plan.units if u.key in shared] + own
+
+
+def model_targets(plan: Plan, name: str) -> list[Unit]:
+    """A model's units and what they read, in registry order (what no model owns, image caches and folds, first)."""
+    order = list(plan.stages)
+    return sorted(_model_units(plan, name), key=lambda u: (u.meta.get("model") == name, order.index(u.stage)))
 
 
 class Clock:
@@ -130,11 +124,11 @@ def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> 
         return None
     for epochs in _started_variants(plan, spec):
         small = shrunk(spec, epochs)
-        c = clock.cost(build_plan(with_models(cfg, [small])), small.name)
+        c = clock.cost(build_plan(with_models(cfg, [small]), plan.stages), small.name)
         if c <= left:
             return small, c
     one = shrunk(spec, 1)
-    c1 = clock.cost(build_plan(with_models(cfg, [one])), one.name)
+    c1 = clock.cost(build_plan(with_models(cfg, [one]), plan.stages), one.name)
     per_epoch = (cost - c1) / (spec.epochs - 1)
     epochs = min(spec.epochs - 1, int((left - c1) / per_epoch) + 1) if per_epoch > 0 else 0
     if epochs < MIN_EPOCHS:
@@ -160,30 +154,27 @@ def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None 
     return out
 
 
-def run_model(cfg: Config, spec: ModelSpec, clock: Clock, deadline: float) -> bool:
-    """Run one model's units most valuable first (images, features, then each fold's training and predictions);
-    True when every prediction of it is done."""
-    from .scheduler import run_units
-
-    plan = build_plan(with_models(cfg, [spec]))
-    order = ["images", "folds", "features", "train", "predict"]
-    targets = sorted((u for u in plan.units if u.stage in order), key=lambda u: order.index(u.stage))
+def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float) -> tuple[bool, set[str]]:
+    """Run one model's units (what it reads first); (every unit of it done, the stages that ran)."""
+    plan = build_plan(with_models(base.cfg, [spec]), base.stages)
+    targets = model_targets(plan, spec.name)
     run_units(plan, targets, deadline=deadline, estimates={u.key: clock.seconds(plan, u) for u in targets})
     clock.record(plan, targets, spec.name)
-    return all(plan.store.is_done(u) for u in plan.all("predict", model=spec.name))
+    own = [u for u in plan.units if u.meta.get("model") == spec.name]
+    return all(plan.store.is_done(u) for u in own), {u.stage for u in targets}
 
 
-def run_budget(cfg: Config, started: float, **options) -> None:
-    from .scheduler import ensure_done, prepare_outputs, run_stages
-
+def run_budget(plan: Plan, started: float, **options) -> None:
+    """`all --budget`: measure, then take and run the model that fits best, one after another, until the time is
+    spent; submit those that finished."""
+    cfg = plan.cfg
     total = parse_duration(cfg.runtime.budget)
     deadline = started + total
     reserve = min(max(RESERVE[0] * total, RESERVE[1]), RESERVE[2])
-    plan = build_plan(cfg)
     prepare_outputs(plan)
     ensure_done(plan, plan.all("probe") + plan.all("folds"))
     clock = Clock(plan.load(plan.one("probe")), started)
-    candidates, taken, complete = list(cfg.models), [], []
+    candidates, taken, complete, ran = list(cfg.models), [], [], set()
     while candidates:
         left = MARGIN * (deadline - time.time()) - reserve
         picks = ((spec, fit(cfg, plan, spec, clock, left)) for spec in candidates)
@@ -200,7 +191,9 @@ def run_budget(cfg: Config, started: float, **options) -> None:
         taken.append(pick)
         shrink = f" (shrunk from {spec.epochs} epochs)" if pick is not spec else ""
         log("budget", f"next: {pick.name}{shrink}, expected {cost:.0f}s of the {max(left, 0):.0f}s left")
-        if run_model(cfg, pick, clock, deadline - reserve):
+        finished, stages = run_model(plan, pick, clock, deadline - reserve)
+        ran |= stages
+        if finished:
             complete.append(pick)
     if not complete:
         raise BudgetError(f"budget {cfg.runtime.budget}: no model finished in time; run again with more time "
@@ -208,8 +201,9 @@ def run_budget(cfg: Config, started: float, **options) -> None:
     left_out = [s.name for s in taken if s not in complete] + [s.name for s in candidates]
     if left_out:
         log("budget", f"submitting {[s.name for s in complete]}; left out: {left_out}")
-    plan2 = build_plan(with_models(cfg, complete, left_out))
-    run_stages(plan2, [s for s in ("blend", "submit", "report") if plan2.all(s)], **options)
+    plan2 = build_plan(with_models(cfg, complete, left_out), plan.stages)
+    run_stages(plan2, [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)],
+               **options)  # fmt: skip
     _account(plan, cfg, clock, started, total, taken, complete, candidates)
 
 

@@ -20,16 +20,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import embedded
 from .config import Config
+from .errors import DataError, read_csv, require_columns  # noqa: F401 - DataError: data.DataError to callers
 from .infer import InputError, find_images, load_resized  # decoding lives in infer, shared with exported bundles
 from .infer import open_image as _open
 from .infer import read_image as _read_image
 from .labels import ORDINAL, Labels, check_unique_ids, holdout_targets, positive_class
+from .layouts import class_folders, pixel_tables
 from .store import atomic_write, atomic_write_json, require_space, stable_hash
-
-
-class DataError(InputError):
-    """A problem with the competition's files, naming the file, the id or column, and what was expected."""
+from .submission import resolve_format
 
 
 @dataclass
@@ -55,21 +55,6 @@ class Competition:
 
     def sources(self, split: str) -> list:
         return self.train_sources if split == "train" else self.test_sources
-
-
-def read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise DataError(f"{what} not found: {path}")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except Exception as err:  # pandas raises many types for malformed files
-        raise DataError(f"{what} {path} could not be read as CSV: {err}") from None
-
-
-def require_columns(df: pd.DataFrame, cols: list[str], path: Path) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)} (set them in the config)")
 
 
 # the strings pandas reads as missing (its default na_values): a label spelled so is a missing label
@@ -110,8 +95,6 @@ def _read_sample(path: Path) -> pd.DataFrame:
 
 def _embedded(c, root: Path) -> None:
     """Build the embedded data set when missing; a root that holds other data is refused (not published as it)."""
-    from . import embedded
-
     if not (root / c.sample_submission).is_file():
         embedded.build_embedded(c.embedded, root)
         return
@@ -126,8 +109,6 @@ def _embedded(c, root: Path) -> None:
 def load_competition(cfg: Config) -> Competition:
     c = cfg.competition
     root = cfg.root
-    from .layouts import class_folders, pixel_tables
-
     if c.embedded:
         _embedded(c, root)
     sample_path = root / c.sample_submission
@@ -161,8 +142,6 @@ def load_competition(cfg: Config) -> Competition:
     if c.holdout_labels:  # read now: a wrong path or label is said before any work
         holdout_y = holdout_targets(read_csv(root / c.holdout_labels, "held-out labels"), root / c.holdout_labels,
                                     sample, labels)  # fmt: skip
-    from .submission import resolve_format
-
     fmt, fmt_notes = resolve_format(sample, labels, c.task, c.submit_format, c.metric, sample_path)
     return Competition(
         c.name, train.reset_index(drop=True), test_ids.reset_index(drop=True), labels.classes, train_sources,

@@ -1,244 +1,103 @@
-"""Run one unit anywhere, and the executors that do it: `local` here; `processes` (pipeline.pool) and `ray`
-(pipeline.raycluster) elsewhere. An executor only runs units; it knows nothing of what a stage does.
+"""Executors: what runs units, and the contract every one of them keeps. An executor only runs units; it knows
+nothing of what a stage does.
 
-`execute(plan, key)` is the one way a unit runs, in any process: skip it when done, take its claim (or report who
-holds it), write `unit.json` and `config.json`, run the stage's function into this attempt's own staging folder
-(`.attempt-<token>`, seeded with a copy of a dead attempt's resumable state), then commit under the claim's fence:
-outputs moved into the unit's folder, staging and scratch state removed, `done.json` written last; release the claim.
-An attempt whose claim was taken over while it was paused commits nothing and answers "lost". Every attempt is
-appended to the unit's `log.txt`; in a worker process its stdout and stderr go there too. Failures come back as a
-result naming the unit, never as a traceback on the console (the traceback is in the log).
+- `Executor`: `submit(unit, force, deadline)` starts a unit (up to `capacity` at once); `wait(timeout)` returns the
+  `Result` of each unit finished since the last call, waiting at most `timeout` seconds (None: until one finishes).
+  With nothing in flight it sleeps `timeout` and returns nothing, in every executor: a run waiting on units another
+  run holds polls at that pace instead of spinning. `close(abort)` stops its workers.
+- `EXECUTORS`: the registry, name -> "module:Class", imported when chosen (`runtime.executor`): `local` here,
+  `processes` (pipeline.pool) and `ray` (pipeline.raycluster). Outside this process a unit runs through one command,
+  `python -m pipeline run-unit --plan PLAN --key KEY` (pipeline.app.run_unit) against the plan the scheduler
+  published (`publish_plan`), so an executor for a batch system (SLURM, Kubernetes) is a module that submits that
+  command, plus one line here.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib
 import os
-import shutil
 import sys
 import time
-import traceback
-from pathlib import Path
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
-from . import claims
-from .config import Config
+import torch
+
+from .attempt import Result, execute, set_threads
 from .plan import Plan
-from .store import ATTEMPT, DONE, HOST, Store, Unit, atomic_write, atomic_write_json, tmp_owner
+from .store import HOST, Unit, atomic_write_json
 
-LOG = "log.txt"
-
-
-class BudgetStop(Exception):
-    """A unit stopped at a safe point because the run's time budget ends before its next step; it stays partial."""
+EXECUTORS: dict[str, str] = {
+    "local": "pipeline.executor:LocalExecutor",
+    "processes": "pipeline.pool:ProcessesExecutor",
+    "ray": "pipeline.raycluster:RayExecutor",
+}
 
 
 class UnitFailed(RuntimeError):
     """A unit raised; the message names it, says what went wrong and where its log is."""
 
 
-class _Current:
-    """The unit in progress in this process: its log file, the lines logged, whether to echo them."""
+class Executor(ABC):
+    name: ClassVar[str]
+    echo: ClassVar[bool] = False  # whether a unit's lines were printed here as it ran (else they come back in Result)
+    capacity: int = 1  # units at once
+    describe: str | None = None  # one line for the console when it starts
 
-    def __init__(self, file, echo: bool):
-        self.file, self.echo, self.lines = file, echo, []
+    @abstractmethod
+    def submit(self, unit: Unit, force: bool, deadline: float | None = None) -> None:
+        """Start the unit (the caller keeps within `capacity`)."""
 
+    @abstractmethod
+    def in_flight(self) -> int:
+        """Units submitted whose result has not been returned by `wait`."""
 
-_current: _Current | None = None
+    @abstractmethod
+    def collect(self, timeout: float | None) -> list[tuple[str, Result]]:
+        """(unit key, result) of the units finished, waiting at most `timeout` for one; called with units in flight."""
 
+    def wait(self, timeout: float | None) -> list[tuple[str, Result]]:
+        if not self.in_flight():
+            if timeout:
+                time.sleep(timeout)  # only units of another run are in flight: poll at this pace
+            return []
+        return self.collect(timeout)
 
-def log(stage: str, msg: str) -> None:
-    """One console line `[stage] msg`; inside a unit also appended to its log (and, in a worker, sent back with the
-    result so that the scheduler prints it)."""
-    line = f"[{stage}] {msg}"
-    cur = _current
-    if cur is None or cur.echo:
-        print(line, flush=True)
-    if cur is not None:
-        cur.lines.append(line)
-        print(line, file=cur.file, flush=True)
-
-
-def format_scores(scores: dict) -> str:
-    return " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in scores.items())
-
-
-def set_threads(n: int) -> None:
-    """torch and BLAS threads of this process (the same count gives the same bits on CPU)."""
-    if n <= 0:
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    torch.set_num_threads(n)
-    threadpool_limits(n)
+    def close(self, abort: bool = False) -> None:  # noqa: B027 - optional: an executor without workers has none
+        """Stop the workers; `abort` (Ctrl-C, an error) at once: their units resume next time."""
 
 
-@contextlib.contextmanager
-def _unit_log(path, echo: bool):
-    global _current
-    with open(path, "a") as f:
-        prev, _current = _current, _Current(f, echo)
-        try:
-            if echo:
-                yield _current
-            else:  # a worker: everything the unit prints belongs to its log
-                with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                    yield _current
-        finally:
-            _current = prev
-
-
-def execute(plan: Plan, key: str, force: bool = False, echo: bool = True, deadline: float | None = None) -> dict:
-    """Run the unit with this key unless it is done or claimed. Returns {"state": done | skip | busy | stopped |
-    lost | error, ...}. A training checks `deadline` (epoch seconds) and its claim at every epoch's end."""
-    from .stages import STAGES
-
-    store, unit = plan.store, plan.by_key[key]
-    if store.is_done(unit):
-        return {"state": "skip"}
-    got = claims.acquire(store.dir(unit), plan.cfg.runtime.claim_timeout)
-    if not isinstance(got, claims.Claim):
-        return {"state": "busy", "owner": claims.owner(got)}
-    stage = STAGES[unit.stage]
-    with got, _unit_log(store.dir(unit) / LOG, echo) as cur:
-        if store.is_done(unit):  # finished by another process between the check and the claim
-            return {"state": "skip"}
-        staging, verb = _stage_attempt(store, unit, stage.PARTIAL, got.token)
-        print(f"== {verb} {unit.label} on {HOST} pid {os.getpid()} at {time.strftime('%Y-%m-%d %H:%M:%S')} "
-              f"(attempt {got.token[:8]})", file=cur.file, flush=True)  # fmt: skip
-        started = time.time()
-        if force:
-            plan.forced.add(key)
-        plan.deadline, plan.fence, plan.reads = deadline, got.check, {}
-        try:
-            store.begin(unit, plan.cfg.to_dict())
-            result = stage.run(plan, unit, staging)
-            result.pop("cleanup", None)
-            marker = store.finish(
-                unit,
-                started,
-                **result,
-                staging=staging,
-                fence=got.fenced,
-                attempt=got.token,
-                scratch=(stage.PARTIAL,) if stage.PARTIAL else (),
-                upstream=_upstream(plan, unit),
-            )
-        except BudgetStop as stop:
-            print(f"== stopped: {stop}", file=cur.file, flush=True)
-            return {"state": "stopped", "message": str(stop), "lines": cur.lines}
-        except Exception as err:  # noqa: BLE001 - reported to the scheduler with the unit's name
-            lost = err if isinstance(err, claims.LostClaim) else _lost(got)
-            if lost is not None:  # a paused owner woke up after a take-over: the new owner's work stands
-                if store.is_done(unit):  # what it wrote since the new owner's commit removed its folder: no one's
-                    shutil.rmtree(staging, ignore_errors=True)
-                print(f"== lost: {lost}", file=cur.file, flush=True)
-                return {"state": "lost", "message": str(lost), "lines": cur.lines}
-            traceback.print_exc(file=cur.file)
-            cur.file.flush()
-            return {"state": "error", "message": str(err) or type(err).__name__, "error": type(err).__name__,
-                    "log": str(store.dir(unit) / LOG), "lines": cur.lines}  # fmt: skip
-        finally:
-            plan.forced.discard(key)
-            plan.deadline, plan.fence, plan.reads = None, None, None
-        print(f"== done in {marker['seconds']:.1f}s {format_scores(marker['scores'])} (attempt {got.token[:8]})",
-              file=cur.file, flush=True)  # fmt: skip
-        return {"state": "done", "verb": verb, "marker": marker, "lines": cur.lines, "host": HOST, "pid": os.getpid()}
-
-
-def _lost(claim: claims.Claim) -> claims.LostClaim | None:
-    try:
-        claim.check()
-    except claims.LostClaim as lost:
-        return lost
-    return None
-
-
-def _stage_attempt(store: Store, unit: Unit, partial: str | None, token: str) -> tuple[Path, str]:
-    """This attempt's staging folder (where only it writes) and its verb: "resume" when it starts from the newest
-    resumable state of a dead attempt, copied (never shared). A unit whose marker is there but does not count (a
-    broken output, a redone input, an unreadable marker) starts from nothing."""
-    if (store.dir(unit) / DONE).exists():
-        store.reset(unit, partial)
-    source = store.partial(unit, partial)
-    staging = store.dir(unit) / f"{ATTEMPT}{token}"
-    staging.mkdir()
-    if source is None:
-        return staging, "run"
-    names = [p.name for p in source.iterdir() if p.is_file() and tmp_owner(p.name) is None and p.name != partial]
-    for name in [*names, partial]:  # the resumable state last: a copy cut off midway is never resumed from
-        atomic_write(staging / name, lambda p, n=name: shutil.copyfile(source / n, p))
-    return staging, "resume"
-
-
-def _upstream(plan: Plan, unit: Unit) -> dict[str, str]:
-    """The attempt of every input unit, as read (or as done now): a redo of one of them redoes this unit."""
-    out = {}
-    for k in plan.deps[unit.key]:
-        dep = plan.by_key[k]
-        attempt = (plan.reads or {}).get(k) or (plan.store.read_marker(dep) or {}).get("attempt")
-        if attempt:
-            out[str(plan.store.dir(dep).relative_to(plan.store.root))] = attempt
-    return out
-
-
-_plans: dict[tuple[str, str], Plan] = {}
-
-
-def plan_for(cfg_dict: dict, digest: str) -> Plan:
-    """The plan of a resolved config, built once per process, checked to be the scheduler's own: a worker that sees
-    other data, weights or another work dir than the scheduler fails here, naming this host."""
-    from .models import set_offline
-    from .plan import build_plan
-    from .store import stable_hash
-
-    k = (stable_hash(cfg_dict), digest)
-    if k not in _plans:
-        cfg = Config.from_dict(cfg_dict)
-        set_offline(cfg.runtime.offline)
-        try:
-            plan = build_plan(cfg)
-        except Exception as err:
-            raise RuntimeError(f"on host {HOST}: {err} (the work dir and data must be on a filesystem every "
-                               f"worker sees, at the same path)") from None  # fmt: skip
-        marker = plan.store.root / "plans" / f"{digest}.json"
-        if plan.digest != digest or not marker.is_file():
-            raise RuntimeError(
-                f"on host {HOST}: the plan built here differs from the scheduler's, or its work dir "
-                f"{plan.store.root} is not the scheduler's (no {marker}): the data, weights and work dir must be "
-                f"the same files on every machine (a shared filesystem, the same paths)"
-            )
-        _plans[k] = plan
-    return _plans[k]
-
-
-def publish_plan(plan: Plan) -> None:
-    """Written by the scheduler before any worker starts: proof for workers that they see its work dir."""
-    record = {"host": HOST, "pid": os.getpid(), "units": len(plan.units), "config": plan.cfg.to_dict()}
-    atomic_write_json(plan.store.root / "plans" / f"{plan.digest}.json", record)
-
-
-class LocalExecutor:
-    """Units one after another in this process (today's behaviour; the default on a CPU machine)."""
+class LocalExecutor(Executor):
+    """Units one after another in this process (the default on a CPU machine)."""
 
     name = "local"
     echo = True
 
     def __init__(self, plan: Plan):
-        self.plan, self.capacity, self._results = plan, 1, []
+        self.plan, self._results = plan, []
         set_threads(plan.cfg.runtime.threads)
 
     def submit(self, unit: Unit, force: bool, deadline: float | None = None) -> None:
         self._results.append((unit.key, execute(self.plan, unit.key, force, echo=True, deadline=deadline)))
 
-    def wait(self, timeout: float | None) -> list[tuple[str, dict]]:
+    def in_flight(self) -> int:
+        return len(self._results)
+
+    def collect(self, timeout: float | None) -> list[tuple[str, Result]]:
         out, self._results = self._results, []
-        if not out and timeout:
-            time.sleep(timeout)  # only units of another run are in flight: poll at this pace
         return out
 
-    def close(self, abort: bool = False) -> None:
-        pass
+
+def register(name: str, target: str) -> None:
+    """Add an executor: `target` is "module:Class" of an Executor subclass whose constructor takes the plan."""
+    EXECUTORS[name] = target
+
+
+def executor_class(name: str) -> type[Executor]:
+    if name not in EXECUTORS:
+        raise ValueError(f"runtime.executor: unknown executor {name!r}; one of {sorted(EXECUTORS)} or auto")
+    module, _, cls = EXECUTORS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 def visible_gpus() -> list[str]:
@@ -246,26 +105,29 @@ def visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    import torch
-
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def make_executor(plan: Plan):
+def make_executor(plan: Plan) -> Executor:
     rt = plan.cfg.runtime
     kind = rt.executor
     if kind == "auto":
         kind = "processes" if rt.device != "cpu" and len(visible_gpus()) > 1 else "local"
-    if kind == "local":
-        return LocalExecutor(plan)
-    publish_plan(plan)
-    if kind == "processes":
-        from .pool import ProcessesExecutor
+    cls = executor_class(kind)
+    if cls is not LocalExecutor:
+        publish_plan(plan)
+    return cls(plan)
 
-        return ProcessesExecutor(plan)
-    from .raycluster import RayExecutor
 
-    return RayExecutor(plan)
+def plan_file(plan: Plan):
+    return plan.store.root / "plans" / f"{plan.digest}.json"
+
+
+def publish_plan(plan: Plan) -> None:
+    """Written by the scheduler before any worker starts: what `run-unit` rebuilds the plan from (the resolved
+    config), and proof for workers that they see its work dir."""
+    record = {"host": HOST, "pid": os.getpid(), "units": len(plan.units), "config": plan.cfg.to_dict()}
+    atomic_write_json(plan_file(plan), record)
 
 
 def worker_env(cpus: int, threads: int, gpu: str | None) -> dict[str, str]:

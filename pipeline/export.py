@@ -15,14 +15,19 @@ from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import save_file
 
 from .config import resolve_path
-from .infer import POLICIES
+from .data import ImageDataset
+from .infer import POLICIES, blend_probs, linear_softmax, merge
+from .metrics import score
 from .models import create_model, preprocessing
 from .plan import FULL, Plan, require_done
+from .runtime import make_loader, prepare_model, run_views
 from .store import Unit, atomic_write_json, sha256_file, stable_hash, tmp_name
+from .submission import as_submitted
 
 FORMAT_VERSION = 1
 HERE = Path(__file__).resolve().parent
@@ -116,8 +121,6 @@ def input_recipe(plan: Plan) -> dict:
     c, comp = plan.cfg.competition, plan.comp
     inp = {"layout": c.layout, "image_ext": c.image_ext, "pixels": None}
     if c.layout == "pixels":
-        import pandas as pd
-
         header = pd.read_csv(plan.cfg.root / c.train_csv, dtype=str, nrows=0).columns
         inp["pixels"] = {"shape": list(comp.test_pixels.shape[1:]), "fractions": comp.pixel_fractions,
                          "columns": [x for x in header if x not in (c.target_col, c.id_col)],
@@ -234,8 +237,6 @@ def _rounded(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _forward(plan: Plan, spec, views: list[str], state: dict, rows: np.ndarray, features: bool = False):
     """(V, len(rows), K) of the train rows (sorted) through a network with these weights rounded to fp16."""
-    from .data import ImageDataset
-    from .runtime import make_loader, prepare_model, run_views
 
     cfg, rt = plan.cfg, plan.cfg.runtime
     device, model, norm = prepare_model(spec, rt, plan.comp.n_classes, state_dict=_rounded(state))
@@ -250,7 +251,6 @@ def _forward(plan: Plan, spec, views: list[str], state: dict, rows: np.ndarray, 
 
 def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
     """Each blended model's OOF (N, C) recomputed with its network weights rounded to fp16, its chosen views merged."""
-    from .infer import linear_softmax, merge
 
     cfg, comp = plan.cfg, plan.comp
     n, c = len(comp.train), comp.n_classes
@@ -281,9 +281,6 @@ def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
 
 def half_change(plan: Plan, submit: Unit) -> dict:
     """The OOF score of the blend with fp32 weights (the stored predictions) and with fp16-rounded ones."""
-    from .infer import blend_probs
-    from .metrics import score
-    from .submission import as_submitted
 
     blend = plan.input(submit, "blend")
     done = plan.load(blend)  # its oof_probs: the blend of the stored (fp32) predictions

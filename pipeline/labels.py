@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
+from .errors import DataError
 from .infer import IMAGE_EXTS, id_key  # noqa: F401 - the extensions PIL reads; the one rule ids are compared by
 
 ORDINAL = {"qwk"}  # metrics that read the classes as ordered
@@ -25,8 +27,6 @@ POSITIVE_WORDS = {"1", "true", "yes", "y", "t", "positive", "pos"}
 
 
 def _error(msg: str) -> Exception:
-    from .data import DataError
-
     return DataError(msg)
 
 
@@ -138,8 +138,6 @@ def positive_class(labels: Labels, configured, sample_cols: list[str], ordered: 
 def holdout_targets(df: pd.DataFrame, path, sample: pd.DataFrame, labels: Labels):
     """(n_test,) class index of each sample id's held-out label. Columns by the sample's names (id and target), else
     the only two columns; ids by id_key; every label must be a training class."""
-    import numpy as np
-
     id_col, target = sample.columns[0], sample.columns[1]
     if {id_col, target} <= set(df.columns):
         ids, values = df[id_col], df[target]

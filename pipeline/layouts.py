@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DataError, read_csv, require_columns
+from .errors import DataError, read_csv, require_columns
 from .labels import IMAGE_EXTS, check_unique_ids, id_key
 
 

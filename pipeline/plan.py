@@ -1,19 +1,22 @@
-"""The unit graph of a config, assembled from the stage modules; it runs nothing.
+"""The unit graph of a config, assembled from a stage registry; it runs nothing.
 
-Each stage module (pipeline/stages, in STAGES order) adds its units given the units of the stages before it. A unit's
-key changes exactly when the config slice that changes its result, an input's key, or the stage's version changes.
-A unit's dependencies are the inputs that name other units of the plan; the scheduler runs a unit once they are done.
-The same config gives the same plan in any process, so a worker anywhere can run a unit from (config, key).
+`build_plan(cfg, stages)` takes the registry (pipeline.stages.STAGES, which `pipeline.app.build_plan` passes); the
+plan keeps it as `plan.stages`, the one way the core reaches a stage. Each stage (in registry order) adds its units
+given the units of the stages before it. A unit's key changes exactly when the config slice that changes its result,
+an input's key, or the stage's version changes. A unit's dependencies are the inputs that name other units of the
+plan; the scheduler runs a unit once they are done. The same config gives the same plan in any process, so a worker
+anywhere can run a unit from (config, key).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .config import Config
 from .data import Competition, fingerprint, load_competition
 from .models import preprocessing
+from .stage import Stage, check_stages
 from .store import Store, Unit, stable_hash
 
 FULL = -1  # the fold index of a full-data (refit) unit: trained on every train row, no held-out rows
@@ -29,13 +32,11 @@ class Plan:
     comp: Competition
     store: Store
     tables: dict[str, str]  # split -> key of its table (train: ids, targets, groups; test: ids)
+    stages: Mapping[str, Stage] = field(default_factory=dict)  # the registry the plan was built with, in order
     units: list[Unit] = field(default_factory=list)  # every unit, dependencies first
     by_key: dict[str, Unit] = field(default_factory=dict)
     deps: dict[str, list[str]] = field(default_factory=dict)  # unit key -> keys of the units it reads
-    forced: set[str] = field(default_factory=set)  # keys redone by --force in this run (folds may then republish)
     problems: dict[str, str] = field(default_factory=dict)  # unit key -> why a done unit no longer matches a file
-    deadline: float | None = None  # epoch seconds by which the unit in progress must stop (a time budget)
-    fence: Callable[[], None] | None = None  # raises LostClaim once the unit in progress was taken over
     reads: dict[str, str] | None = None  # input unit key -> attempt read, while a unit runs (its marker records them)
     _fingerprints: dict[str, str] = field(default_factory=dict)
 
@@ -65,9 +66,7 @@ class Plan:
 
     def state(self, unit: Unit) -> tuple[str, str]:
         """(done | partial | stale | missing, why), as `./run.sh status` says it."""
-        from .stages import STAGES
-
-        return self.store.status(unit, STAGES[unit.stage].PARTIAL)
+        return self.store.status(unit, self.stages[unit.stage].PARTIAL)
 
     def all(self, stage: str, **meta) -> list[Unit]:
         """The units of a stage whose meta has these values, in plan order."""
@@ -89,18 +88,11 @@ class Plan:
 
     def load(self, unit: Unit):
         """What a done unit wrote, read by its own stage's loader (consumers never spell file names)."""
-        from .stages import STAGES
-
         marker = require_done(self.store, unit)
         self.store.verify(unit)
         if self.reads is not None and marker.get("attempt"):
             self.reads.setdefault(unit.key, marker["attempt"])
-        return STAGES[unit.stage].load(self, unit)
-
-    def check_fence(self) -> None:
-        """At a safe point of a long unit (an epoch's end): stop, committing nothing, if its claim was taken over."""
-        if self.fence is not None:
-            self.fence()
+        return self.stages[unit.stage].load(self, unit)
 
     def load_input(self, unit: Unit, name: str):
         return self.load(self.input(unit, name))
@@ -134,15 +126,15 @@ def table_hashes(comp: Competition) -> dict[str, str]:
     return {"train": stable_hash(rows), "test": stable_hash(comp.test_ids.tolist())}
 
 
-def build_plan(cfg: Config) -> Plan:
-    from .stages import STAGES
-
+def build_plan(cfg: Config, stages: Mapping[str, Stage]) -> Plan:
+    """The plan of a config over a stage registry (name -> stage module, in dependency order)."""
+    check_stages(stages)
     comp = load_competition(cfg)
-    plan = Plan(cfg, comp, Store(cfg.work), table_hashes(comp))
-    for stage in STAGES.values():
+    plan = Plan(cfg, comp, Store(cfg.work), table_hashes(comp), stages)
+    for stage in stages.values():
         for unit in stage.units(plan):
             plan.add(unit)
-    for stage in STAGES.values():
+    for stage in stages.values():
         if hasattr(stage, "check"):
             plan.problems.update(stage.check(plan))
     return plan

@@ -2,85 +2,56 @@
 CUDA_VISIBLE_DEVICES), or on CPU `runtime.workers` of them with the cores split (torch threads, BLAS threads and
 DataLoader workers per process derived from the split, never oversubscribed).
 
-Each worker rebuilds the plan from the resolved config once, then runs the units it is sent (`executor.execute`)
-and answers through its own pipe. A worker that dies mid-unit (SIGKILL, out of memory) is seen through its process
-sentinel: it is replaced, and the unit is sent again; the new attempt takes over the dead claim and resumes from
-the unit's partial state. Top-level imports stay light: the worker sets its environment before torch loads.
+Each worker is the unit command in serving form, `python -m pipeline run-unit --plan PLAN --serve` (pipeline.app),
+started with its own environment (the parent's is never changed): it rebuilds the plan from the published plan once,
+then reads one request per line on its stdin and answers each with one `Result` as a JSON line. A worker that dies
+mid-unit (SIGKILL, out of memory) closes its pipe: it is replaced, and the unit is sent again; the new attempt takes
+over the dead claim and resumes from the unit's partial state.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
 import os
-import signal
-import threading
-import time
-from multiprocessing.connection import wait as wait_any
+import select
+import subprocess
+import sys
 
-
-def _watch_parent(ppid: int) -> None:
-    """A worker ends when the run that started it is gone (killed), so it never trains on unattended."""
-    while True:
-        if os.getppid() != ppid:
-            os._exit(1)
-        time.sleep(1.0)
-
-
-def worker_main(conn, cfg_dict: dict, digest: str, env: dict, ppid: int, start_method: str) -> None:
-    os.environ.update(env)
-    # a spawned process defaults to spawning its own children: DataLoader workers would re-import torch (seconds
-    # per unit); they start as in the run's own process instead (fork on Linux)
-    mp.set_start_method(start_method, force=True)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's to handle: it stops the workers
-    threading.Thread(target=_watch_parent, args=(ppid,), daemon=True).start()
-    from .executor import execute, plan_for, set_threads
-
-    set_threads(int(env["PIPELINE_THREADS"]))
-    try:
-        plan, init_error = plan_for(cfg_dict, digest), None
-    except Exception as err:  # noqa: BLE001 - answered to every unit sent, with this host named
-        plan, init_error = None, str(err)
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        key, force, deadline = msg
-        if plan is None:
-            conn.send({"state": "error", "message": init_error, "error": "RuntimeError"})
-            continue
-        conn.send(execute(plan, key, force, echo=False, deadline=deadline))
+from .attempt import Result
+from .config import REPO
+from .executor import Executor, plan_file, visible_gpus, worker_env
+from .plan import Plan
+from .store import Unit
 
 
 class _Worker:
-    def __init__(self, ctx, cfg_dict: dict, digest: str, env: dict):
+    def __init__(self, plan_path, env: dict):
         self.env = env
-        self.conn, child = ctx.Pipe()
-        args = (child, cfg_dict, digest, env, os.getpid(), mp.get_start_method())
-        self.proc = ctx.Process(target=worker_main, args=args, name="pipeline-worker")
-        saved = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)  # the spawned interpreter starts with them, before any import
-        try:
-            self.proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        child.close()
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+        cmd = [sys.executable, "-m", "pipeline", "run-unit", "--plan", str(plan_path), "--serve"]
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONPATH": path}, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1)  # fmt: skip
         self.key: str | None = None
 
+    def send(self, key: str, force: bool, deadline: float | None) -> None:
+        self.key = key
+        self.proc.stdin.write(json.dumps({"key": key, "force": force, "deadline": deadline}) + "\n")
+        self.proc.stdin.flush()
 
-class ProcessesExecutor:
+    def answer(self) -> Result:
+        """The worker's answer to the unit it was sent, or `died` when its pipe closed."""
+        line = self.proc.stdout.readline()
+        if line:
+            return Result(**json.loads(line))
+        self.proc.wait()
+        return Result("died", exitcode=self.proc.returncode)
+
+
+class ProcessesExecutor(Executor):
     name = "processes"
     echo = False
 
-    def __init__(self, plan):
-        from .executor import visible_gpus, worker_env
-
+    def __init__(self, plan: Plan):
         rt = plan.cfg.runtime
         cores = os.cpu_count() or 1
         gpus = visible_gpus() if rt.device != "cpu" else []
@@ -89,37 +60,31 @@ class ProcessesExecutor:
         self.envs = [worker_env(cpus, rt.threads or cpus, gpus[i % len(gpus)] if gpus else None) for i in range(n)]
         self.capacity = n
         self.describe = f"{n} worker processes, " + (f"GPUs {gpus}" if gpus else f"{cpus} core(s) each")
-        self._ctx = mp.get_context("spawn")
-        self._args = (plan.cfg.to_dict(), plan.digest)
-        self.workers = [_Worker(self._ctx, *self._args, env) for env in self.envs]
+        self.plan_path = plan_file(plan)
+        self.workers = [_Worker(self.plan_path, env) for env in self.envs]
 
-    def submit(self, unit, force: bool, deadline: float | None = None) -> None:
+    def submit(self, unit: Unit, force: bool, deadline: float | None = None) -> None:
         w = next(w for w in self.workers if w.key is None)
-        w.key = unit.key
-        w.conn.send((unit.key, force, deadline))
+        try:
+            w.send(unit.key, force, deadline)
+        except (BrokenPipeError, OSError):  # it died while idle: its answer says so
+            pass
 
-    def wait(self, timeout: float | None) -> list[tuple[str, dict]]:
+    def in_flight(self) -> int:
+        return sum(w.key is not None for w in self.workers)
+
+    def collect(self, timeout: float | None) -> list[tuple[str, Result]]:
         busy = [w for w in self.workers if w.key is not None]
-        if not busy:
-            if timeout:
-                time.sleep(timeout)
-            return []
-        ready = set(wait_any([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout))
+        ready, _, _ = select.select([w.proc.stdout for w in busy], [], [], timeout)
         events = []
         for w in busy:
-            msg = None
-            if w.conn in ready:
-                try:
-                    msg = w.conn.recv()
-                except (EOFError, OSError):
-                    msg = None
-            if msg is not None:
-                events.append((w.key, msg))
-                w.key = None
-            elif w.proc.sentinel in ready or not w.proc.is_alive():
-                w.proc.join()
-                events.append((w.key, {"state": "died", "exitcode": w.proc.exitcode}))
-                self.workers[self.workers.index(w)] = _Worker(self._ctx, *self._args, w.env)
+            if w.proc.stdout not in ready:
+                continue
+            res, key = w.answer(), w.key
+            events.append((key, res))
+            w.key = None
+            if res.state == "died":
+                self.workers[self.workers.index(w)] = _Worker(self.plan_path, w.env)
         return events
 
     def close(self, abort: bool = False) -> None:
@@ -127,13 +92,14 @@ class ProcessesExecutor:
             for w in self.workers:
                 w.proc.terminate()
         for w in self.workers:
-            if w.proc.is_alive():
-                try:
-                    w.conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
+            try:
+                w.proc.stdin.close()  # end of requests: a serving worker exits
+            except OSError:
+                pass
         for w in self.workers:
-            w.proc.join(timeout=10)
-            if w.proc.is_alive():
+            try:
+                w.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 w.proc.terminate()
-                w.proc.join(timeout=5)
+                w.proc.wait(timeout=5)
+            w.proc.stdout.close()

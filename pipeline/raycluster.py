@@ -2,31 +2,32 @@
 `ray.init()` starts (and this run stops).
 
 A task gets `num_gpus=1` for a GPU unit when the cluster has GPUs, and `runtime.threads` CPUs (1 when unset; on a
-GPU cluster, each node's cores per GPU). Ray retries a task whose worker died (`max_retries`); the new attempt takes
-over the dead claim and a training resumes from its `resume.pt`. The work dir must be a path every node sees (a shared
-filesystem, the repo at the same path): each task rebuilds the plan from the resolved config and checks that it is
-the scheduler's (`executor.plan_for`), so a node that sees other files fails with its host named.
+GPU cluster, each node's cores per GPU). A task runs the unit command's function, `pipeline.app.run_unit`, against
+the plan the scheduler published, in the Ray worker's own process (which keeps the plan for its next unit). Ray
+retries a task whose worker died (`max_retries`); the new attempt takes over the dead claim and a training resumes
+from its `resume.pt`. The work dir must be a path every node sees (a shared filesystem, the repo at the same path):
+each task rebuilds the plan from the published plan and checks that it is the scheduler's (`app.plan_for`), so a
+node that sees other files fails with its host named. Ray is imported when this executor is chosen only.
 """
 
 from __future__ import annotations
 
 import os
 
+from .app import run_unit
+from .attempt import Result, set_threads
 from .config import REPO
+from .executor import Executor, plan_file
+from .plan import Plan
+from .store import Unit
 
 RETRIES = 3
 
 
-def run_task(cfg_dict: dict, digest: str, key: str, force: bool, cpus: int, threads: int, deadline=None) -> dict:
-    os.environ["PIPELINE_CPUS"] = str(cpus)
-    from .executor import execute, plan_for, set_threads
-
+def run_task(plan_path: str, key: str, force: bool, cpus: int, threads: int, deadline=None) -> Result:
+    os.environ["PIPELINE_CPUS"] = str(cpus)  # this Ray worker's own environment (DataLoader workers read it)
     set_threads(threads)
-    try:
-        plan = plan_for(cfg_dict, digest)
-    except Exception as err:  # noqa: BLE001 - reported as this unit's failure, naming the host
-        return {"state": "error", "message": str(err), "error": type(err).__name__}
-    return execute(plan, key, force, echo=False, deadline=deadline)
+    return run_unit(plan_path, key, force, deadline)
 
 
 def task_env() -> dict[str, str]:
@@ -36,12 +37,12 @@ def task_env() -> dict[str, str]:
     return {**env, "PYTHONPATH": str(REPO)}
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     name = "ray"
     echo = False
 
-    def __init__(self, plan):
-        import ray
+    def __init__(self, plan: Plan):
+        import ray  # heavy and optional: only when this executor is chosen
 
         self.ray = ray
         self.started = not ray.is_initialized()
@@ -56,18 +57,19 @@ class RayExecutor:
         self.gpus = gpus
         self.capacity = max(1, cpus // self.cpus)
         self.describe = f"Ray cluster with {cpus} CPUs, {gpus} GPUs; {self.cpus} CPU(s) per unit"
-        self._args = (plan.cfg.to_dict(), plan.digest)
+        self.plan_path = str(plan_file(plan))
         self._task = ray.remote(max_retries=RETRIES, retry_exceptions=False)(run_task)
         self._refs: dict = {}
 
-    def submit(self, unit, force: bool, deadline: float | None = None) -> None:
+    def submit(self, unit: Unit, force: bool, deadline: float | None = None) -> None:
         opts = {"num_cpus": self.cpus, "num_gpus": 1 if unit.gpu and self.gpus else 0, "name": unit.label}
-        ref = self._task.options(**opts).remote(*self._args, unit.key, force, self.cpus, self.threads, deadline)
+        ref = self._task.options(**opts).remote(self.plan_path, unit.key, force, self.cpus, self.threads, deadline)
         self._refs[ref] = unit.key
 
-    def wait(self, timeout: float | None) -> list[tuple[str, dict]]:
-        if not self._refs:
-            return []
+    def in_flight(self) -> int:
+        return len(self._refs)
+
+    def collect(self, timeout: float | None) -> list[tuple[str, Result]]:
         ready, _ = self.ray.wait(list(self._refs), num_returns=1, timeout=timeout)
         events = []
         for ref in ready:
@@ -75,9 +77,9 @@ class RayExecutor:
             try:
                 events.append((key, self.ray.get(ref)))
             except self.ray.exceptions.RayTaskError as err:
-                events.append((key, {"state": "error", "message": str(err), "error": "RayTaskError"}))
+                events.append((key, Result("error", str(err), error="RayTaskError")))
             except self.ray.exceptions.RayError as err:  # the worker died after every retry, or the node left
-                events.append((key, {"state": "died", "exitcode": type(err).__name__, "retried": True}))
+                events.append((key, Result("died", exitcode=type(err).__name__, retried=True)))
         return events
 
     def close(self, abort: bool = False) -> None:

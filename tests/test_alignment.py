@@ -9,9 +9,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from pipeline.app import build_plan
 from pipeline.config import load_config
 from pipeline.models import create_model, embed, preprocessing
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done
 from pipeline.store import file_digest
 from pipeline.tta import POLICIES

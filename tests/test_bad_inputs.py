@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.app import build_plan
 from pipeline.config import ConfigError, load_config
 from pipeline.data import DataError, read_image
-from pipeline.plan import build_plan
 from pipeline.store import HOST, DiskFull, require_space
 from pipeline.tta import POLICIES, merge
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from pipeline.app import build_plan
 from pipeline.config import PRESETS, ConfigError, load_config, parse_duration
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done, run_units
 
 from .conftest import run_cli, write_config
@@ -91,7 +91,7 @@ def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resume
     pick, _ = budget.fit(cfg, plan, cfg.models[0], clock, left)
     assert budget.fit(cfg, plan, budget.shrunk(cfg.models[0], 39), clock, left)[0].epochs > 12
     assert pick.name == "ft-e12", pick.name
-    assert budget.run_model(cfg, pick, clock, deadline=time.time() + 600)
+    assert budget.run_model(plan, pick, clock, deadline=time.time() + 600)[0]
     assert "== resume train/ft-e12/seed0/fold0" in (first.store.dir(unit) / "log.txt").read_text()
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import claims
+from pipeline import claims, leases
 from pipeline.config import ConfigError, load_config
 from pipeline.durable import HOST, HOST_TAG, remove_stale_tmp
 from pipeline.store import Store, Unit
@@ -248,7 +248,7 @@ def test_claims_need_no_hard_links(tmp, monkeypatch):
 
 
 def test_a_take_over_lock_left_by_a_dead_taker_is_broken_without_comparing_clocks(tmp, monkeypatch):
-    monkeypatch.setattr(claims, "TAKEOVER_LOCK_S", 2.0)
+    monkeypatch.setattr(leases, "TAKEOVER_LOCK_S", 2.0)
     dead = python("import os; print(os.getpid())")
     pid = int(dead.stdout.read())
     dead.wait()

@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from pipeline import scheduler
+from pipeline import dispatch
+from pipeline.app import build_plan
 from pipeline.config import load_config
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done, run_units
 from pipeline.store import DONE, Store, Unit, atomic_write
 
@@ -104,8 +104,8 @@ def test_a_shared_filesystem_that_shows_done_json_late_is_waited_for(tmp, monkey
     store, unit, _ = done_unit(tmp, 10)
     seen = iter([False, False, True])
     monkeypatch.setattr(store, "is_done", lambda u: next(seen))
-    monkeypatch.setattr(scheduler, "POLL_S", 0.01)
+    monkeypatch.setattr(dispatch, "POLL_S", 0.01)
     plan = type("P", (), {"store": store})()
-    assert scheduler._visible(plan, unit)
+    assert dispatch._visible(plan, unit)
     monkeypatch.setattr(store, "is_done", lambda u: False)
-    assert not scheduler._visible(plan, unit, tries=3)
+    assert not dispatch._visible(plan, unit, tries=3)

@@ -53,8 +53,8 @@ def test_status_shows_a_claimed_unit_as_running(tmp):
     import time
 
     from pipeline import claims
+    from pipeline.app import build_plan
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
 
     cfg = str(exec_config(tmp))
     plan = build_plan(load_config(cfg))
@@ -74,19 +74,66 @@ def test_status_shows_a_claimed_unit_as_running(tmp):
 def test_a_worker_that_sees_other_files_fails_naming_its_host(tmp):
     from PIL import Image
 
-    from pipeline import executor
+    from pipeline import app, executor
+    from pipeline.app import build_plan
     from pipeline.config import load_config
-    from pipeline.plan import build_plan
     from pipeline.store import HOST
 
     cfg = load_config(exec_config(tmp))
     plan = build_plan(cfg)
-    executor._plans.clear()
+    app._plans.clear()
     with pytest.raises(RuntimeError, match=rf"on host {HOST}: .*is not the scheduler's .*shared filesystem"):
-        executor.plan_for(cfg.to_dict(), plan.digest)  # its work dir holds no plan published by the scheduler
+        app.plan_for(cfg.to_dict(), plan.digest)  # its work dir holds no plan published by the scheduler
     executor.publish_plan(plan)
-    assert executor.plan_for(cfg.to_dict(), plan.digest).digest == plan.digest
-    executor._plans.clear()  # a fresh worker, on a node where one training image differs
+    assert app.plan_for(cfg.to_dict(), plan.digest).digest == plan.digest
+    app._plans.clear()  # a fresh worker, on a node where one training image differs
     Image.new("L", (8, 8), 255).save(plan.comp.train_sources[0])
     with pytest.raises(RuntimeError, match=rf"on host {HOST}: the plan built here differs from the scheduler's"):
-        executor.plan_for(cfg.to_dict(), plan.digest)
+        app.plan_for(cfg.to_dict(), plan.digest)
+
+
+def test_every_executor_sleeps_its_timeout_when_nothing_is_in_flight(tmp):
+    """A run that waits on units another run holds polls at the pace it asks for: Ray's own wait returns at once
+    with no task in flight, which made such a run spin."""
+    import time
+
+    from pipeline import executor
+    from pipeline.app import build_plan
+    from pipeline.config import load_config
+
+    plan = build_plan(load_config(exec_config(tmp)))
+    executor.publish_plan(plan)
+    for name in executor.EXECUTORS:
+        ex = executor.executor_class(name)(plan)
+        try:
+            t0 = time.monotonic()
+            assert ex.wait(0.6) == []
+            assert time.monotonic() - t0 >= 0.55, name
+        finally:
+            ex.close()
+
+
+def test_run_unit_command_runs_one_unit_of_the_published_plan(tmp):
+    """What a batch-system executor (SLURM, Kubernetes) runs: one unit, its Result as one JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    from pipeline import executor
+    from pipeline.app import build_plan
+    from pipeline.config import load_config
+
+    plan = build_plan(load_config(exec_config(tmp)))
+    executor.publish_plan(plan)
+    folds = plan.one("folds")
+    cmd = [sys.executable, "-m", "pipeline", "run-unit", "--plan", str(executor.plan_file(plan)), "--key", folds.key]
+    first = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert first.returncode == 0, first.stderr
+    res = json.loads(first.stdout.strip().splitlines()[-1])
+    assert res["state"] == "done" and res["pid"] != os.getpid() and plan.store.is_done(folds)
+    log = (plan.store.dir(folds) / "log.txt").read_text()
+    assert re.search(rf"== run folds/tiny-csv on \S+ pid {res['pid']} ", log), log
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert again.returncode == 0 and json.loads(again.stdout.strip().splitlines()[-1])["state"] == "skip"
+    bad = subprocess.run([*cmd[:-1], "nope"], capture_output=True, text=True)
+    assert bad.returncode != 0

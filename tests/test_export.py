@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
+from pipeline.app import build_plan
 from pipeline.config import load_config
-from pipeline.plan import build_plan
 
 from .conftest import run_cli, shared_run, write_config  # noqa: F401
 

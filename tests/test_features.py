@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.app import build_plan
 from pipeline.config import ConfigError, load_config
 from pipeline.executor import UnitFailed
 from pipeline.models import create_model, embed, preprocessing
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done
 
 from .conftest import write_config

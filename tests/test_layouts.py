@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from pipeline.app import build_plan
 from pipeline.config import load_config
 from pipeline.data import DataError, load_competition, read_image
 from pipeline.models import preprocessing
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done
 
 from .conftest import NAMES, digits, make_csv_competition, write_config

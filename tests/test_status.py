@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline import __main__ as cli
+from pipeline.app import build_plan
 from pipeline.config import load_config
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done
 from pipeline.stages import predict as predict_stage
 from pipeline.tta import POLICIES, merge

@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from pipeline.app import build_plan
 from pipeline.augment import train_transform
 from pipeline.config import load_config
 from pipeline.models import stage_groups
-from pipeline.plan import build_plan
 from pipeline.scheduler import ensure_done
 from pipeline.stages.train import setup, train_one_epoch
 from pipeline.training import lr_factor, mix_batch

@@ -7,9 +7,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from pipeline.app import build_plan
 from pipeline.config import load_config
 from pipeline.models import embed, preprocessing, weights_file
-from pipeline.plan import build_plan
 from pipeline.runtime import prepare_model
 from pipeline.scheduler import ensure_done
 from pipeline.store import sha256_file

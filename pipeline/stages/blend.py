@@ -10,15 +10,17 @@ Outputs: `blend.npz` (oof_probs (N, C), honest_probs (N, C), test_probs (n_test,
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from ..blending import bootstrap_gain, choose_tta, honest_cv, make_blend
-from ..executor import log
+from ..logs import log
 from ..metrics import GREATER_IS_BETTER, score
 from ..plan import FULL
+from ..stage import RunContext
 from ..store import Unit, atomic_savez, atomic_write_json
 from ..tta import merge_policy
 
@@ -72,7 +74,7 @@ def test_from(m: dict) -> str:
     return "full-data refit" if m["refit"] else "fold models"
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cfg, comp = plan.cfg, plan.comp
     metric, b = cfg.competition.metric, cfg.blend
     y = comp.train["y"].to_numpy()
@@ -131,9 +133,11 @@ def run(plan, unit: Unit, out: Path) -> dict:
     return {"outputs": ["blend.npz", "report.json"], "scores": scores}
 
 
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    return 1.0
+
+
 def load(plan, unit: Unit) -> dict:
     """{"report": report.json, and the arrays of blend.npz}."""
-    import json
-
     d = plan.store.dir(unit)
     return {"report": json.loads((d / "report.json").read_text()), **dict(np.load(d / "blend.npz"))}

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..data import ImageDataset
 from ..models import check_levels, preprocessing, weights_id
+from ..rates import model_rates
 from ..runtime import make_loader, prepare_model, run_views
+from ..stage import RunContext
 from ..store import Unit, atomic_savez
 from ..tta import views_for
 
@@ -43,7 +45,7 @@ def units(plan) -> list[Unit]:
     return out
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cfg, rt = plan.cfg, plan.cfg.runtime
     spec, split = cfg.model(unit.meta["model"]), unit.meta["split"]
     views = unit.params["views"]
@@ -61,6 +63,11 @@ def run(plan, unit: Unit, out: Path) -> dict:
     placed[:, rows] = feats  # rows travel with the batches: place each by its row index
     atomic_savez(out / "features.npz", views=np.array(views), feats=placed.astype(np.float32))
     return {"outputs": ["features.npz"], "scores": {"dim": int(placed.shape[-1])}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    r = model_rates(plan, unit, rates)
+    return r.setup + len(plan.comp.sources(unit.meta["split"])) * r.views / r.fwd
 
 
 def load(plan, unit: Unit) -> dict:

@@ -11,7 +11,8 @@ import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from ..config import resolve_path
-from ..executor import log
+from ..logs import log
+from ..stage import RunContext
 from ..store import Unit, atomic_write
 
 NAME = "folds"
@@ -42,7 +43,7 @@ def units(plan) -> list[Unit]:
     return [Unit(NAME, c.name, params, {"table": plan.tables["train"]}, VERSION)]
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     comp, cfg = plan.comp, plan.cfg
     published = resolve_path(cfg.runtime.folds_dir) / f"{comp.name}.csv"
     groups = comp.train["group"].to_numpy() if "group" in comp.train else None
@@ -61,7 +62,7 @@ def run(plan, unit: Unit, out: Path) -> dict:
                       f"folds, or groups): {what}")  # fmt: skip
     table = pd.DataFrame({"id": comp.train["id"], "fold": fold})
     text = table.to_csv(index=False)
-    if published.is_file() and published.read_text() != text and unit.key not in plan.forced:
+    if published.is_file() and published.read_text() != text and not ctx.force:
         raise FileExistsError(
             f"{published} holds another fold assignment than this config gives (folds: {cfg.folds}); "
             f"move it away, or run `./run.sh folds --force` to replace it"
@@ -69,6 +70,10 @@ def run(plan, unit: Unit, out: Path) -> dict:
     atomic_write(out / "folds.csv", lambda p: p.write_text(text))
     atomic_write(published, lambda p: p.write_text(text))
     return {"outputs": ["folds.csv"], "scores": {"sizes": np.bincount(fold).tolist()}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    return 0.2
 
 
 def check(plan) -> dict[str, str]:

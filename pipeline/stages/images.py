@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..data import build_image_cache
 from ..plan import image_meta
+from ..stage import RunContext
 from ..store import Unit
 
 NAME = "images"
@@ -28,11 +29,15 @@ def units(plan) -> list[Unit]:
     return out
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     m = unit.meta
     build_image_cache(plan.comp, m["split"], m["size"], m["interpolation"], out / "images.npy",
                       workers=max(2, plan.cfg.runtime.num_workers))  # fmt: skip
     return {"outputs": ["images.npy"], "scores": {"n": len(plan.comp.sources(m["split"]))}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    return 0.5 + rates["decode_s"] * len(plan.comp.sources(unit.meta["split"]))
 
 
 def load(plan, unit: Unit) -> Path:

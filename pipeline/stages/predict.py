@@ -14,7 +14,9 @@ import numpy as np
 
 from ..data import ImageDataset
 from ..infer import linear_softmax
+from ..rates import model_rates
 from ..runtime import make_loader, prepare_model, run_views
+from ..stage import RunContext
 from ..store import Unit, atomic_savez
 from ..tta import views_for
 
@@ -73,7 +75,7 @@ def _predict_network(plan, unit: Unit, views: list[str], va_rows: np.ndarray):
     return out[0], out[1]
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     comp = plan.comp
     views = unit.params["views"]
     folds = plan.load_input(plan.input(unit, "model"), "folds")  # the assignment its model was trained on
@@ -90,6 +92,11 @@ def run(plan, unit: Unit, out: Path) -> dict:
         return {"outputs": ["preds.npz"], "scores": {"test_rows": len(comp.test_ids)}}
     acc = float((oof_probs[0].argmax(1) == comp.train["y"].to_numpy()[va_rows]).mean())
     return {"outputs": ["preds.npz"], "scores": {"oof_acc_center": acc}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    r = model_rates(plan, unit, rates)
+    return 0.1 if r.spec.kind == "head" else r.setup + (r.n_val + r.n_test) * r.views / r.fwd
 
 
 def load(plan, unit: Unit) -> dict:

@@ -21,19 +21,18 @@ from pathlib import Path
 import torch
 
 from ..infer import load_resized
+from ..models import embed
+from ..rates import candidate
 from ..runtime import amp_context, pick_device, prepare_model
+from ..stage import RunContext
 from ..store import Unit, atomic_write_json
 
 NAME = "probe"
 VERSION = 1
 PARTIAL = None
 IMPLICIT = True
+REPORTED = False  # what a machine measured is not a result: the report's key stays the same on every machine
 EVAL_BATCH, STEPS = 32, 2  # small: the probe's own seconds come out of the budget
-
-
-def candidate(spec, train: bool = False) -> str:
-    levels = "" if spec.feature_levels is None or train else f"-L{'.'.join(map(str, spec.feature_levels))}"
-    return f"{spec.backbone}@{spec.img_size}{levels}" + (f"-b{spec.batch_size}" if train else "")
 
 
 def machine(rt) -> dict:
@@ -65,9 +64,7 @@ def _timed(fn, device) -> float:
     return (time.perf_counter() - t0) / STEPS
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
-    from ..models import embed
-
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cfg, rt = plan.cfg, plan.cfg.runtime
     result = {"eval": {}, "train": {}, "setup_s": {}}
     sources = plan.comp.sources("train")[:32]
@@ -110,6 +107,10 @@ def run(plan, unit: Unit, out: Path) -> dict:
             result["train"][tkey] = len(xb) / _timed(step, device)
     atomic_write_json(out / "probe.json", result)
     return {"outputs": ["probe.json"], "scores": {"candidates": len(result["eval"])}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    return 0.2
 
 
 def load(plan, unit: Unit) -> dict:

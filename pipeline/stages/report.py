@@ -21,9 +21,10 @@ import numpy as np
 from .. import report_plots as plots
 from .. import reporting as rp
 from ..config import resolve_path
-from ..executor import log
+from ..logs import log
 from ..metrics import score
 from ..plan import FULL
+from ..stage import RunContext
 from ..store import DONE, Unit, atomic_write_json, atomic_write_text, sha256_file
 from ..tta import merge_policy
 
@@ -31,13 +32,19 @@ NAME = "report"
 VERSION = 1
 PARTIAL = None
 IMPLICIT = False
-READS = ("images", "folds", "features", "train", "predict", "blend", "submit")
 N_MISTAKES = 24
 
 
 def units(plan) -> list[Unit]:
-    inputs = {u.label: u.key for u in plan.units if u.stage in READS}
+    """One unit reading every unit of the stages before it (in registry order) but those not REPORTED."""
+    reads = _read_stages(plan)
+    inputs = {u.label: u.key for u in plan.units if u.stage in reads}
     return [Unit(NAME, plan.cfg.submit.name, {"missing": []}, inputs, VERSION)]
+
+
+def _read_stages(plan) -> list[str]:
+    """The stages whose units the report reads, in registry order."""
+    return [s for s, m in plan.stages.items() if s != NAME and getattr(m, "REPORTED", True)]
 
 
 def narrow(plan, unit: Unit, missing: list[Unit]) -> Unit:
@@ -98,7 +105,7 @@ def summary(r: Run) -> str:
                  ["submission sha256", sha], ["created", m["created"]],
                  ["CV / honest CV of its contents", f"{rp.fmt(m['cv'])} / {rp.fmt(m['honest_cv'])}"]]  # fmt: skip
     head = f'<div class="kpis">{"".join(boxes)}</div>' if boxes else r.needs("the blend")
-    spent = rp.time_panel({stage: [plan.store.marker(u) for u in r.done[stage]] for stage in READS})
+    spent = rp.time_panel({stage: [plan.store.marker(u) for u in r.done[stage]] for stage in _read_stages(plan)})
     return head + rp.table([], rows, cls="kv") + spent
 
 
@@ -236,7 +243,7 @@ def missing_box(r: Run) -> str:
     return rp.missing_panel(rows)
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     r = Run(plan, unit)
     sections = [(sid, title, render(r, sid, build, needs_blend)) for sid, title, build, needs_blend in SECTIONS]
     cv = f"CV {r.metric} {rp.fmt(r.facts['cv'])}" if "cv" in r.facts else "no blend yet"
@@ -246,6 +253,10 @@ def run(plan, unit: Unit, out: Path) -> dict:
     atomic_write_text(out / "report.html", rp.page(title, sub, sections, missing_box(r)))
     atomic_write_json(out / "facts.json", r.facts)
     return {"outputs": ["report.html", "facts.json"], "scores": {"missing": len(r.facts["missing"])}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    return 1.0
 
 
 def load(plan, unit: Unit) -> dict:

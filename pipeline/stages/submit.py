@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 
 from ..config import resolve_path
-from ..executor import log
+from ..logs import log
 from ..metrics import score
+from ..stage import RunContext
 from ..store import Unit, atomic_write, atomic_write_json, sha256_file, stable_hash
 from ..submission import as_submitted, make_submission, validate_submission
 
@@ -67,7 +68,7 @@ def units(plan) -> list[Unit]:
     return [Unit(NAME, plan.cfg.submit.name, params, inputs, VERSION)]
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cfg, comp = plan.cfg, plan.comp
     c = cfg.competition
     blend = plan.load_input(unit, "blend")
@@ -94,6 +95,10 @@ def run(plan, unit: Unit, out: Path) -> dict:
     }  # fmt: skip
     atomic_write_json(out / "manifest.json", manifest)
     return {"outputs": ["submission.csv", "manifest.json"], "scores": {"cv": cv, "holdout": held}}
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    return 1.0
 
 
 def load(plan, unit: Unit) -> dict:

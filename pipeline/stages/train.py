@@ -6,7 +6,7 @@ Fine-tuning: head-only epochs with the backbone and its BatchNorm statistics fro
 mixup/cutmix and EMA, gradient clipping and accumulation, early stopping, best-epoch weights. Every random draw is a
 pure function of (seed, fold, epoch), and `resume.pt` is written atomically after each epoch, so a killed training
 resumes at its last finished epoch and ends identical to an uninterrupted one (CPU, deterministic settings). At each
-epoch's end it also stops, committing nothing, if its claim was taken over meanwhile (plan.check_fence).
+epoch's end it also stops, committing nothing, if its claim was taken over meanwhile (ctx.check_fence).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from safetensors.torch import load_file, save_file
 from ..augment import train_transform
 from ..config import model_params
 from ..data import ImageDataset
-from ..executor import BudgetStop, log
 from ..infer import full_linear
+from ..logs import log
 from ..metrics import better, score, selection_metric
 from ..models import preprocessing, weights_id
 from ..plan import FULL
+from ..rates import candidate, model_rates
 from ..runtime import Normalizer, amp_context, derive_seed, make_loader, prepare_model, progress, run_views
+from ..stage import BudgetStop, RunContext
 from ..store import Unit, atomic_write
 from ..training import EpochSampler, lr_factor, mix_batch, param_groups, set_trainable
 
@@ -207,7 +209,7 @@ def save_state(s: Session, out: Path, epoch: int) -> None:
     atomic_write(out / PARTIAL, lambda p: torch.save(state, p))
 
 
-def train_finetune(plan, unit: Unit, out: Path) -> dict:
+def train_finetune(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     s = setup(plan, unit)
     if (out / PARTIAL).exists():
         resume(s, out / PARTIAL)
@@ -225,10 +227,10 @@ def train_finetune(plan, unit: Unit, out: Path) -> dict:
             atomic_write(out / "model.safetensors", lambda p, w=weights: save_file(w, str(p)))
         s.history.append({**row, s.metric: val, "best": improved})
         save_state(s, out, epoch)
-        plan.check_fence()  # taken over while paused: stop here, commit nothing
+        ctx.check_fence()  # taken over while paused: stop here, commit nothing
         if spec.patience and val is not None and epoch - s.best_epoch >= spec.patience:
             break
-        if plan.deadline and epoch + 1 < spec.epochs and time.time() + (time.time() - t_epoch) > plan.deadline:
+        if ctx.deadline and epoch + 1 < spec.epochs and time.time() + (time.time() - t_epoch) > ctx.deadline:
             raise BudgetStop(f"after epoch {epoch + 1} of {spec.epochs}: another would pass the time budget; a run "
                              f"with more time resumes it here")  # fmt: skip
     return {
@@ -267,9 +269,18 @@ def train_head(plan, unit: Unit, out: Path) -> dict:
     return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {metric: val}}
 
 
-def run(plan, unit: Unit, out: Path) -> dict:
-    kind = plan.cfg.model(unit.meta["model"]).kind
-    return (train_head if kind == "head" else train_finetune)(plan, unit, out)
+def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
+    if plan.cfg.model(unit.meta["model"]).kind == "head":
+        return train_head(plan, unit, out)
+    return train_finetune(plan, unit, out, ctx)
+
+
+def estimate(plan, unit: Unit, rates: dict) -> float:
+    r = model_rates(plan, unit, rates)
+    if r.spec.kind == "head":
+        return 0.2 + 2e-4 * r.n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows
+    per_epoch = (r.n_train - r.n_val) / rates["train"][candidate(r.spec, True)] + r.n_val / r.fwd
+    return r.setup + r.spec.epochs * per_epoch
 
 
 def load(plan, unit: Unit) -> dict:
