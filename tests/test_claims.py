@@ -319,7 +319,7 @@ with got:
 
 
 def test_a_claim_and_lock_left_on_a_done_unit_by_a_killed_committer_are_removed_by_the_next_run(tmp):
-    from pipeline.plan import build_plan
+    from pipeline.app import build_plan
     from pipeline.scheduler import ensure_done, prepare_outputs
 
     plan = build_plan(load_config(write_config(tmp, "csv")))
