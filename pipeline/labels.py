@@ -19,14 +19,13 @@ import math
 import pandas as pd
 
 from .infer import IMAGE_EXTS, id_key  # noqa: F401 - the extensions PIL reads; the one rule ids are compared by
+from .inputs import DataError
 
 ORDINAL = {"qwk"}  # metrics that read the classes as ordered
 POSITIVE_WORDS = {"1", "true", "yes", "y", "t", "positive", "pos"}
 
 
 def _error(msg: str) -> Exception:
-    from .data import DataError
-
     return DataError(msg)
 
 

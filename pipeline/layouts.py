@@ -1,18 +1,70 @@
-"""The folders and pixels layouts read into the train table: every image a class folder holds (nested folders too),
-and pixel CSVs whose columns are matched by name and whose 0..1 or 0..255 scale is decided on train and test
-together. (The csv layout is a table already: see data.load_competition.)"""
+"""Competition layouts, one reader each, and the table `LAYOUTS` that maps a layout's name to its reader.
+
+A reader turns a layout's files into a `TrainTable`: the train rows (id, target as the files spell it, optional group)
+and where each train row's and each test id's pixels come from (a file path, or a row of a pixel array). Test ids are
+sample_submission.csv's in every layout; the reader only finds their pixels. Labels, folds and the submission format
+are the same for every layout (data.load_competition). A new layout is one reader here and one line in `LAYOUTS`.
+
+- csv: a train CSV of id (file name, with or without extension), target, optional group; images in folders.
+- folders: one sub-folder per class (nested folders too); the class is the folder's name.
+- pixels: train and test CSVs of pixel values, columns matched by name, 0..1 or 0..255 decided on both together.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .data import DataError, read_csv, require_columns
+from .inputs import DataError, read_csv, require_columns, resolve_images
 from .labels import IMAGE_EXTS, check_unique_ids, id_key
+
+
+@dataclass
+class TrainTable:
+    """What a layout's reader returns."""
+
+    train: pd.DataFrame  # columns: id, target (text as in the files), group (when competition.group_col is set)
+    train_sources: list  # per train row: a file path, or an index into train_pixels
+    test_sources: list  # per sample_submission.csv id, in its order
+    train_pixels: np.ndarray | None = None  # (n, H, W) uint8: layouts whose pixels are not files
+    test_pixels: np.ndarray | None = None  # (n_test, H, W) uint8
+    pixel_fractions: bool = False  # the pixel values were 0..1 intensities, scaled by 255
+    # where the class names come from when a user made each one (a folder, a category): then two names are never
+    # merged as one class (e.g. "1" and "1.0"); None: targets are values in a column, spellings of one class merged
+    strict_labels: str | None = None
+
+
+def csv_table(c, root: Path, sample: pd.DataFrame, notes: list[str]) -> TrainTable:
+    """A train CSV (id_col, target_col, optional group_col); train images in train_dir, test images in test_dir."""
+    path = root / c.train_csv
+    df = read_csv(path, "train CSV")
+    require_columns(df, [c.id_col, c.target_col] + ([c.group_col] if c.group_col else []), path)
+    train = pd.DataFrame({"id": df[c.id_col].str.strip(), "target": df[c.target_col]})
+    if c.group_col:
+        train["group"] = df[c.group_col].str.strip()
+    train_sources = resolve_images(train["id"], root / c.train_dir, c.image_ext, "train")
+    return TrainTable(train, train_sources, _test_files(c, root, sample))
+
+
+def folders_table(c, root: Path, sample: pd.DataFrame, notes: list[str]) -> TrainTable:
+    tdir = root / c.train_dir
+    train, train_sources = class_folders(tdir, notes)
+    return TrainTable(train, train_sources, _test_files(c, root, sample), strict_labels=f"class folders in {tdir}")
+
+
+def pixels_table(c, root: Path, sample: pd.DataFrame, notes: list[str]) -> TrainTable:
+    train, train_pixels, test_pixels, fractions = pixel_tables(c, root, sample, notes)
+    return TrainTable(train, list(range(len(train))), list(range(len(sample))), train_pixels, test_pixels, fractions)
+
+
+def _test_files(c, root: Path, sample: pd.DataFrame) -> list[str]:
+    return resolve_images(sample.iloc[:, 0], root / c.test_dir, c.image_ext, "test")
 
 
 def class_folders(tdir: Path, notes: list[str]) -> tuple[pd.DataFrame, list[str]]:
@@ -106,3 +158,11 @@ def pixel_tables(c, root: Path, sample: pd.DataFrame, notes: list[str]):
     train_pixels = _pixel_images(values, path, c.pixels_image_size, fractions)
     test_pixels = _pixel_images(tvalues, tpath, c.pixels_image_size or list(train_pixels.shape[1:]), fractions)
     return train, train_pixels, test_pixels, fractions
+
+
+Reader = Callable[[object, Path, pd.DataFrame, list[str]], TrainTable]  # (competition spec, root, sample, notes)
+LAYOUTS: dict[str, Reader] = {
+    "csv": csv_table,
+    "folders": folders_table,
+    "pixels": pixels_table,
+}

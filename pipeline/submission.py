@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .infer import InputError, submission_frame
+from .inputs import DataError
 
 
 class SubmissionError(ValueError):
@@ -18,8 +19,6 @@ RANKING = {"auc", "logloss"}  # metrics that score probabilities: hard labels wo
 def resolve_format(sample: pd.DataFrame, labels, task: str, configured: str, metric: str, path) -> tuple[str, list]:
     """The submission format (label | probability | class_probs) from the config and the sample, checked against
     the sample's columns when the competition is loaded, before any work. Returns (format, notes)."""
-    from .data import DataError
-
     cols, notes = list(sample.columns[1:]), []
     fmt = configured
     if fmt == "auto":
