@@ -8,10 +8,12 @@ are the same for every layout (data.load_competition). A new layout is one reade
 - csv: a train CSV of id (file name, with or without extension), target, optional group; images in folders.
 - folders: one sub-folder per class (nested folders too); the class is the folder's name.
 - pixels: train and test CSVs of pixel values, columns matched by name, 0..1 or 0..255 decided on both together.
+- coco: a COCO-style JSON (`images`, `annotations`, `categories`) for the training labels; see coco_table.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable
@@ -160,9 +162,92 @@ def pixel_tables(c, root: Path, sample: pd.DataFrame, notes: list[str]):
     return train, train_pixels, test_pixels, fractions
 
 
+def _json_entries(path: Path) -> dict[str, list[dict]]:
+    """The images, annotations and categories lists of a COCO-style JSON, each entry checked for its fields."""
+    if not path.is_file():
+        raise DataError(f"train JSON not found: {path} (competition.train_json)")
+    try:
+        doc = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DataError(f"train JSON {path} could not be read as JSON: {err}") from None
+    fields = {"images": ("id", "file_name"), "annotations": ("image_id", "category_id"), "categories": ("id", "name")}
+    out = {}
+    for key, need in fields.items():
+        entries = doc.get(key) if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: expected a list under {key!r} (COCO: images, annotations, categories)")
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict) or any(f not in e for f in need):
+                raise DataError(f"{path}: {key}[{i}] must be a mapping with {list(need)}, got {e!r}"[:300])
+        out[key] = entries
+    return out
+
+
+def _unique(entries: list[dict], field: str, what: str, path: Path) -> None:
+    seen = set()
+    for i, e in enumerate(entries):
+        if not isinstance(e[field], (int, str)) or isinstance(e[field], bool):
+            raise DataError(f"{path}: {what}[{i}].{field} must be a number or a string, got {e[field]!r}")
+        if e[field] in seen:
+            raise DataError(f"{path}: {what} {field} {e[field]!r} is given twice (again at {what}[{i}])")
+        seen.add(e[field])
+
+
+def _one_category(file_of: dict, cats_of: dict, name_of: dict, path: Path) -> dict:
+    """image id -> its one category id; an image with none, or with several different ones, is an error."""
+    none = [i for i in file_of if not cats_of.get(i)]
+    several = [i for i in file_of if len(cats_of.get(i, ())) > 1]
+    if none:
+        raise DataError(f"{path}: {len(none)} image(s) have no annotation, so no class; first: "
+                        + ", ".join(f"{file_of[i]!r} (image id {i!r})" for i in none[:5])
+                        + ". Annotate them, or remove them from `images`")  # fmt: skip
+    if several:
+        raise DataError(f"{path}: {len(several)} image(s) are annotated with more than one category, but each image "
+                        f"takes one class here; first: "
+                        + ", ".join(f"{file_of[i]!r} (image id {i!r}): {sorted(name_of[k] for k in cats_of[i])}"
+                                    for i in several[:5]))  # fmt: skip
+    return {i: next(iter(cats_of[i])) for i in file_of}
+
+
+def coco_table(c, root: Path, sample: pd.DataFrame, notes: list[str]) -> TrainTable:
+    """A COCO-style JSON (competition.train_json): `images` [{id, file_name}] (file_name inside train_dir),
+    `annotations` [{image_id, category_id}], `categories` [{id, name}]. Each image is one train row; its id is its
+    file_name, its class its category's name (names are the classes, written back so in the submission; ids only
+    link annotations to categories). Annotations of one category repeated on an image (several boxes) give that
+    class; an image with no annotation, or with annotations of different categories, is an error naming its file and
+    image id (never dropped, never one of them picked). Ids are compared as JSON gives them: 1 is not "1"."""
+    path = root / c.train_json
+    doc = _json_entries(path)
+    _unique(doc["images"], "id", "images", path)
+    _unique(doc["categories"], "id", "categories", path)
+    _unique(doc["categories"], "name", "categories", path)
+    file_of = {e["id"]: str(e["file_name"]) for e in doc["images"]}
+    name_of = {e["id"]: str(e["name"]).strip() for e in doc["categories"]}
+    cats_of: dict = {}
+    for k, a in enumerate(doc["annotations"]):
+        image, cat = a["image_id"], a["category_id"]
+        if image not in file_of:
+            raise DataError(f"{path}: annotations[{k}] names image_id {image!r}, which no entry of `images` has")
+        if cat not in name_of:
+            raise DataError(f"{path}: annotations[{k}] names category_id {cat!r}, which no entry of `categories` has")
+        cats_of.setdefault(image, set()).add(cat)
+    category = _one_category(file_of, cats_of, name_of, path)
+    unused = sorted(n for k, n in name_of.items() if k not in category.values())
+    if unused:
+        notes.append(f"{path}: categories without any image are not classes here: {unused[:10]}")
+    tdir = root / c.train_dir
+    absent = [f"{f!r} (image id {i!r})" for i, f in file_of.items() if not (tdir / f).is_file()]
+    if absent:
+        raise DataError(f"{path}: {len(absent)} image file(s) not found in {tdir}, first: {', '.join(absent[:5])}")
+    train = pd.DataFrame({"id": list(file_of.values()), "target": [name_of[category[i]] for i in file_of]})
+    sources = [str(tdir / f) for f in file_of.values()]
+    return TrainTable(train, sources, _test_files(c, root, sample), strict_labels=f"category names in {path}")
+
+
 Reader = Callable[[object, Path, pd.DataFrame, list[str]], TrainTable]  # (competition spec, root, sample, notes)
 LAYOUTS: dict[str, Reader] = {
     "csv": csv_table,
     "folders": folders_table,
     "pixels": pixels_table,
+    "coco": coco_table,
 }

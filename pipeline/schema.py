@@ -26,9 +26,10 @@ class CompetitionSpec:
 
     name: str = "competition"
     root: str = "data/competition"  # relative paths below are inside root; root is relative to the repo
-    layout: str = "csv"  # csv | folders | pixels
+    layout: str = "csv"  # a reader of layouts.LAYOUTS: csv | folders | pixels | coco
     train_csv: str = "train.csv"
     test_csv: str = "test.csv"  # pixels layout only
+    train_json: str = "train.json"  # coco layout only: the COCO-style JSON of train images and their categories
     train_dir: str = "train"
     test_dir: str = "test"
     sample_submission: str = "sample_submission.csv"
@@ -145,7 +146,7 @@ class Runtime:
 
 
 CHOICES = {
-    "competition.layout": {"csv", "folders", "pixels"},
+    "competition.layout": {"csv", "folders", "pixels", "coco"},  # the names of layouts.LAYOUTS (a test checks)
     "competition.task": {"multiclass", "binary"},
     "competition.metric": {"accuracy", "logloss", "auc", "f1_macro", "f1_micro", "qwk"},
     "competition.submit_format": {"auto", "label", "probability", "class_probs"},
