@@ -9,6 +9,7 @@ import time
 from .config import ConfigError, load_config
 
 STARTED = time.time()  # a time budget counts from here, before torch loads
+BUDGETED = ("all", "status")  # the commands --budget is for
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,12 +22,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--force", action="store_true", help="redo the named stage's units")
     parser.add_argument("--kaggle", metavar="COMPETITION", help="submit: also upload with the Kaggle CLI")
-    parser.add_argument("--budget", metavar="TIME", help="all: the best recipe that fits this wall time (10m, 90s)")
+    parser.add_argument("--budget", metavar="TIME", help="all: the best recipe that fits this wall time (10m, 90s); "
+                        "status: the units such a run plans")  # fmt: skip
     parser.add_argument("--submission", metavar="NAME", help="export: the submission file (default: the config's)")
     parser.add_argument("--out", metavar="DIR", help="export: the bundle's folder")
     parser.add_argument("--half", action="store_true", help="export: network weights in fp16 (OOF change printed)")
     parser.add_argument("--preset", choices=["fast", "medium", "best", "auto"], help="a recipe from the ladder")
     args = parser.parse_args(argv)
+    if args.budget and args.command not in BUDGETED:  # one stage alone never stops at a deadline: refused, not ignored
+        parser.error(f"--budget is for `all` (and `status`, to list what such a run plans), not `{args.command}`: "
+                     f"run `./run.sh all --budget {args.budget}`")  # fmt: skip
 
     extra = [f"runtime.budget={args.budget}"] if args.budget else []
     extra += [f"preset={args.preset}"] if args.preset else []
