@@ -12,10 +12,8 @@ STARTED = time.time()  # a time budget counts from here, before torch loads
 BUDGETED = ("all", "status")  # the commands --budget is for
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .stages import STAGES
-
-    stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
+def parse_args(argv: list[str] | None, stages: list[str]) -> argparse.Namespace:
+    """The command line, checked: an option given to a command it means nothing to is an error, not ignored."""
     parser = argparse.ArgumentParser(prog="./run.sh", description="Kaggle-style image competition pipeline")
     parser.add_argument("command", choices=["all", *stages, "status", "submissions", "export"])
     parser.add_argument("--config", help="YAML config (default: configs/default.yaml)")
@@ -32,7 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.budget and args.command not in BUDGETED:  # one stage alone never stops at a deadline: refused, not ignored
         parser.error(f"--budget is for `all` (and `status`, to list what such a run plans), not `{args.command}`: "
                      f"run `./run.sh all --budget {args.budget}`")  # fmt: skip
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    from .stages import STAGES
+
+    stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
+    args = parse_args(argv, stages)
     extra = [f"runtime.budget={args.budget}"] if args.budget else []
     extra += [f"preset={args.preset}"] if args.preset else []
     try:
