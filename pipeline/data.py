@@ -93,6 +93,9 @@ def load_competition(cfg: Config) -> Competition:
     notes: list[str] = []
     read = LAYOUTS[c.layout](c, root, sample, notes)
     train = read.train
+    if c.group_col and "group" not in train:
+        raise DataError(f"competition.group_col {c.group_col!r}: the {c.layout} layout has no group column (groups are "
+                        f"read by the csv layout only)")  # fmt: skip
     check_unique_ids(train["id"], "train ids")
     labels = _labels(cfg, train, sample, notes, read.strict_labels)
     train["y"] = [labels.lookup(v) for v in train["target"]]

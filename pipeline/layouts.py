@@ -226,9 +226,9 @@ def coco_table(c, root: Path, sample: pd.DataFrame, notes: list[str]) -> TrainTa
     cats_of: dict = {}
     for k, a in enumerate(doc["annotations"]):
         image, cat = a["image_id"], a["category_id"]
-        if image not in file_of:
+        if not isinstance(image, (int, str)) or image not in file_of:
             raise DataError(f"{path}: annotations[{k}] names image_id {image!r}, which no entry of `images` has")
-        if cat not in name_of:
+        if not isinstance(cat, (int, str)) or cat not in name_of:
             raise DataError(f"{path}: annotations[{k}] names category_id {cat!r}, which no entry of `categories` has")
         cats_of.setdefault(image, set()).add(cat)
     category = _one_category(file_of, cats_of, name_of, path)

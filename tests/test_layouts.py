@@ -174,6 +174,7 @@ def _add(doc, key, entry):
         (lambda d: d["images"][3].update(file_name="gone.png"), r"not found in .*'gone.png' \(image id 1003\)"),
         (lambda d: d.pop("categories"), r"expected a list under 'categories'"),
         (lambda d: d["annotations"][0].pop("category_id"), r"annotations\[0\] must be a mapping with"),
+        (lambda d: d["annotations"][0].update(image_id=[1000]), r"annotations\[0\] names image_id \[1000\]"),
     ],
 )  # fmt: skip
 def test_coco_json_problems_name_the_file_and_image(tmp, edit, message):
@@ -192,3 +193,9 @@ def test_coco_json_that_is_not_json_is_refused(tmp):
 
 def test_every_layout_of_the_table_is_a_config_choice():
     assert set(LAYOUTS) == CHOICES["competition.layout"]
+
+
+def test_group_col_on_a_layout_without_groups_is_refused(tmp):
+    cfg = load_config(write_config(tmp, "coco", competition={"group_col": "patient"}))
+    with pytest.raises(DataError, match="group_col 'patient': the coco layout has no group column"):
+        load_competition(cfg)
