@@ -220,9 +220,13 @@ def coco_table(c, root: Path, sample: pd.DataFrame, notes: list[str]) -> TrainTa
     doc = _json_entries(path)
     _unique(doc["images"], "id", "images", path)
     _unique(doc["categories"], "id", "categories", path)
-    _unique(doc["categories"], "name", "categories", path)
     file_of = {e["id"]: str(e["file_name"]) for e in doc["images"]}
     name_of = {e["id"]: str(e["name"]).strip() for e in doc["categories"]}
+    names = list(name_of.values())
+    if len(set(names)) < len(names):  # two categories would silently become one class
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"{path}: categories name {twice[0]!r} is given twice (compared without surrounding white "
+                        f"space): each category is one class, rename one")  # fmt: skip
     cats_of: dict = {}
     for k, a in enumerate(doc["annotations"]):
         image, cat = a["image_id"], a["category_id"]

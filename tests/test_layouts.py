@@ -170,6 +170,7 @@ def _add(doc, key, entry):
         (lambda d: _add(d, "annotations", {"image_id": 1001, "category_id": 42}),
          r"names category_id 42, which no entry of `categories` has"),
         (lambda d: _add(d, "categories", {"id": 50, "name": "zero"}), r"categories name 'zero' is given twice"),
+        (lambda d: d["categories"][0].update(name=" zero"), r"categories name 'zero' is given twice \(compared"),
         (lambda d: _add(d, "images", {"id": 1001, "file_name": "x.png"}), r"images id 1001 is given twice"),
         (lambda d: d["images"][3].update(file_name="gone.png"), r"not found in .*'gone.png' \(image id 1003\)"),
         (lambda d: d.pop("categories"), r"expected a list under 'categories'"),
