@@ -16,6 +16,8 @@ from .plan import MissingInput
 from .scheduler import run_stages, status
 from .stages import STAGES
 
+BUDGETED = ("all", "status")  # the commands --budget is for
+
 
 def run_unit(argv: list[str]) -> int:
     """`python -m pipeline run-unit --plan PLAN --key KEY`: one unit of a published plan (pipeline.app)."""
@@ -30,19 +32,25 @@ def run_unit(argv: list[str]) -> int:
     return app.main(args.plan, args.key, args.force, args.deadline, args.serve)
 
 
-def _parser(stages: list[str]) -> argparse.ArgumentParser:
+def parse_args(argv: list[str], stages: list[str]) -> argparse.Namespace:
+    """The command line, checked: an option given to a command it means nothing to is an error, not ignored."""
     parser = argparse.ArgumentParser(prog="./run.sh", description="Kaggle-style image competition pipeline")
     parser.add_argument("command", choices=["all", *stages, "status", "submissions", "export", "run-unit"])
     parser.add_argument("--config", help="YAML config (default: configs/default.yaml)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     parser.add_argument("--force", action="store_true", help="redo the named stage's units")
     parser.add_argument("--kaggle", metavar="COMPETITION", help="submit: also upload with the Kaggle CLI")
-    parser.add_argument("--budget", metavar="TIME", help="all: the best recipe that fits this wall time (10m, 90s)")
+    parser.add_argument("--budget", metavar="TIME", help="all: the best recipe that fits this wall time (10m, 90s); "
+                        "status: the units such a run plans")  # fmt: skip
     parser.add_argument("--submission", metavar="NAME", help="export: the submission file (default: the config's)")
     parser.add_argument("--out", metavar="DIR", help="export: the bundle's folder")
     parser.add_argument("--half", action="store_true", help="export: network weights in fp16 (OOF change printed)")
     parser.add_argument("--preset", choices=["fast", "medium", "best", "auto"], help="a recipe from the ladder")
-    return parser
+    args = parser.parse_args(argv)
+    if args.budget and args.command not in BUDGETED:  # one stage alone never stops at a deadline: refused, not ignored
+        parser.error(f"--budget is for `all` (and `status`, to list what such a run plans), not `{args.command}`: "
+                     f"run `./run.sh all --budget {args.budget}`")  # fmt: skip
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["run-unit"]:
         return run_unit(argv[1:])
     stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
-    args = _parser(stages).parse_args(argv)
-
+    args = parse_args(argv, stages)
     extra = [f"runtime.budget={args.budget}"] if args.budget else []
     extra += [f"preset={args.preset}"] if args.preset else []
     try:

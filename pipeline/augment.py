@@ -63,7 +63,3 @@ def train_transform(augment: Any, img_size: int, cache_size: int) -> A.Compose:
     # whatever the steps did to the size, end at img_size (centre crop when larger, resize when smaller)
     steps = steps + [A.PadIfNeeded(img_size, img_size), A.CenterCrop(img_size, img_size)]
     return A.Compose(steps, seed=0)
-
-
-def eval_transform(img_size: int) -> A.Compose:
-    return A.Compose([A.CenterCrop(img_size, img_size)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize
 
+from .folding import fold_rows
 from .infer import blend_probs, full_linear, stack_features
 from .metrics import GREATER_IS_BETTER, loss_of, score
 from .tta import POLICIES, merge_policy, policies_within
@@ -170,8 +171,8 @@ def honest_cv(models: dict, y: np.ndarray, folds: np.ndarray, method: str, metri
     blend, single, weights, best = np.zeros((n, c)), np.zeros((n, c)), [], []
     sign = 1 if GREATER_IS_BETTER[metric] else -1
     for k in np.unique(folds):
-        tr, va = folds != k, folds == k
-        merged = [merged_oof(models[name], metric, y, np.where(tr)[0], tta, merge_how)[0] for name in names]
+        tr, va = fold_rows(folds, k)
+        merged = [merged_oof(models[name], metric, y, tr, tta, merge_how)[0] for name in names]
         b = make_blend(method, metric, seed).fit([p[tr] for p in merged], y[tr])
         blend[va] = b.predict([p[va] for p in merged])
         i = max(range(len(names)), key=lambda j: sign * score(metric, y[tr], merged[j][tr]))
@@ -197,3 +198,50 @@ def bootstrap_gain(metric: str, y, probs_a, probs_b, n: int = 1000, seed: int = 
     s = bootstrap_scores(metric, y, [probs_a, probs_b], n, seed)
     d = (1.0 if GREATER_IS_BETTER[metric] else -1.0) * (s[:, 0] - s[:, 1])
     return float(d.mean()), float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def merge_models(models: dict, y: np.ndarray, metric: str, tta: str, merge_how: str):
+    """Each model's TTA policy and merge chosen on all OOF rows. models: name -> {"views", "oof" (V, N, C), "test"
+    (V, n_test, C), "refit"}. Returns (OOF probs per model, test probs per model, TTA report, OOF score per model)."""
+    oofs, tests, tta_report, single = [], [], {}, {}
+    for name, m in models.items():
+        table, pol, how = choose_tta(metric, y, m["views"], m["oof"], tta, merge_how)
+        oofs.append(merge_policy(m["oof"], m["views"], pol, how))
+        tests.append(merge_policy(m["test"], m["views"], pol, how))
+        test_from = "full-data refit" if m.get("refit") else "fold models"
+        tta_report[name] = {"chosen": f"{pol}/{how}", "table": table, "test_from": test_from}
+        single[name] = score(metric, y, oofs[-1])
+    return oofs, tests, tta_report, single
+
+
+def blend_models(models: dict, y: np.ndarray, folds: np.ndarray, method: str, metric: str, tta: str = "auto",
+                 merge_how: str = "mean", seed: int = 0, bootstrap: int = 1000) -> tuple[dict, dict]:  # fmt: skip
+    """The blend stage's maths, no I/O: each model's TTA chosen on OOF, the blend fitted on OOF, its honest nested-CV
+    score, the best single model, a bootstrap interval of the honest gain, the models' error correlation. models as
+    for merge_models. Returns (arrays: oof_probs (N, C), honest_probs (N, C), test_probs (n_test, C); report)."""
+    names = list(models)
+    oofs, tests, tta_report, single = merge_models(models, y, metric, tta, merge_how)
+    blender = make_blend(method, metric, seed).fit(oofs, y)
+    oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
+    # honest: the TTA choices, the blend and the best single model all chosen again on k-1 folds for each fold
+    honest, honest_single, fold_weights, fold_best = honest_cv(models, y, folds, method, metric, tta, merge_how, seed)
+    best_name = max(names, key=lambda n: single[n] if GREATER_IS_BETTER[metric] else -single[n])
+    gain = bootstrap_gain(metric, y, honest, honest_single, bootstrap, seed)
+    errors = np.stack([1 - o[np.arange(len(y)), y] for o in oofs])
+    corr = np.corrcoef(errors) if len(oofs) > 1 else np.ones((1, 1))
+    scores = {"oof": score(metric, y, oof_blend), "honest_cv": score(metric, y, honest),
+              "best_single": single[best_name], "honest_best_single": score(metric, y, honest_single),
+              "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
+    report = {
+        "metric": metric, "method": method, "models": names,
+        "weights": dict(zip(names, blender.weights_.tolist())),
+        "blender": blender.params(),  # what blending test predictions needs (an exported bundle reads it)
+        "fold_weights": fold_weights.tolist(), "fold_best_single": fold_best, "single": single,
+        "best_single_model": best_name, **scores,
+        "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,
+        "error_correlation": {"models": names, "matrix": np.round(corr, 4).tolist()},
+    }  # fmt: skip
+    return {"oof_probs": oof_blend, "honest_probs": honest, "test_probs": test_blend}, report
+
+
+SCORES = ("oof", "honest_cv", "best_single", "honest_best_single", "oof_logloss")  # of a blend report

@@ -1,8 +1,9 @@
-"""Competition layouts to one table; image decoding; the decoded-image cache; datasets.
+"""The competition as one table; the decoded-image cache; datasets.
 
-Every layout becomes a `Competition`: the train rows (id, original target, integer class y, optional group), the
-test ids exactly as sample_submission.csv lists them, and for each row where its pixels come from (a file path, or a
-row of a pixel CSV). CSVs are read as text so ids and labels are written back exactly as they came.
+Every layout (read by its reader in layouts.LAYOUTS) becomes a `Competition`: the train rows (id, original target,
+integer class y, optional group), the test ids exactly as sample_submission.csv lists them, and for each row where its
+pixels come from (a file path, or a row of a pixel CSV). CSVs are read as text so ids and labels are written back
+exactly as they came.
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import torch
 
 from . import embedded
 from .config import Config
-from .errors import DataError, read_csv, require_columns  # noqa: F401 - DataError: data.DataError to callers
-from .infer import InputError, find_images, load_resized  # decoding lives in infer, shared with exported bundles
+from .infer import InputError, load_resized  # decoding lives in infer, shared with exported bundles
 from .infer import open_image as _open
-from .infer import read_image as _read_image
+from .inputs import DataError, missing_labels, read_csv
+from .inputs import read_image as read_image  # re-exported: data.read_image is the decode path tests and users read
 from .labels import ORDINAL, Labels, check_unique_ids, holdout_targets, positive_class
-from .layouts import class_folders, pixel_tables
+from .layouts import LAYOUTS
 from .store import atomic_write, atomic_write_json, require_space, stable_hash
 from .submission import resolve_format
 
@@ -57,31 +58,6 @@ class Competition:
         return self.train_sources if split == "train" else self.test_sources
 
 
-# the strings pandas reads as missing (its default na_values): a label spelled so is a missing label
-MISSING = {"", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A",
-           "NA", "NULL", "NaN", "None", "n/a", "nan", "null"}  # fmt: skip
-
-
-def missing_labels(values: pd.Series) -> pd.Series:
-    return values.str.strip().isin(MISSING)
-
-
-def read_image(path: str) -> np.ndarray:
-    """infer.read_image (HxWx3 uint8 RGB, the one decode path), its errors as DataError."""
-    try:
-        return _read_image(path)
-    except InputError as err:
-        raise DataError(str(err)) from None
-
-
-def resolve_images(ids: pd.Series, folder: Path, ext: str | None, what: str) -> list[str]:
-    """The file of every id (infer.find_images: the rule an exported bundle reads test ids by too)."""
-    try:
-        return find_images(ids, folder, ext, what, hint="set competition.image_ext (e.g. .png) to say which")
-    except InputError as err:
-        raise DataError(str(err)) from None
-
-
 def _read_sample(path: Path) -> pd.DataFrame:
     sample = read_csv(path, "sample submission")
     if sample.shape[1] < 2:
@@ -107,35 +83,20 @@ def _embedded(c, root: Path) -> None:
 
 
 def load_competition(cfg: Config) -> Competition:
-    c = cfg.competition
-    root = cfg.root
+    """The competition's files, read by its layout's reader (layouts.LAYOUTS), to one checked table."""
+    c, root = cfg.competition, cfg.root
     if c.embedded:
         _embedded(c, root)
     sample_path = root / c.sample_submission
     sample = _read_sample(sample_path)
-    test_ids = sample.iloc[:, 0]
-    train_pixels = test_pixels = None
     notes: list[str] = []
-    fractions = False
-
-    if c.layout == "csv":
-        path = root / c.train_csv
-        df = read_csv(path, "train CSV")
-        require_columns(df, [c.id_col, c.target_col] + ([c.group_col] if c.group_col else []), path)
-        train = pd.DataFrame({"id": df[c.id_col].str.strip(), "target": df[c.target_col]})
-        if c.group_col:
-            train["group"] = df[c.group_col].str.strip()
-        train_sources = resolve_images(train["id"], root / c.train_dir, c.image_ext, "train")
-        test_sources = resolve_images(test_ids, root / c.test_dir, c.image_ext, "test")
-    elif c.layout == "folders":
-        train, train_sources = class_folders(root / c.train_dir, notes)
-        test_sources = resolve_images(test_ids, root / c.test_dir, c.image_ext, "test")
-    else:  # pixels
-        train, train_pixels, test_pixels, fractions = pixel_tables(c, root, sample, notes)
-        train_sources, test_sources = list(range(len(train))), list(range(len(test_ids)))
-
+    read = LAYOUTS[c.layout](c, root, sample, notes)
+    train = read.train
+    if c.group_col and "group" not in train:
+        raise DataError(f"competition.group_col {c.group_col!r}: the {c.layout} layout has no group column (groups are "
+                        f"read by the csv layout only)")  # fmt: skip
     check_unique_ids(train["id"], "train ids")
-    labels = _labels(cfg, train, sample, notes)
+    labels = _labels(cfg, train, sample, notes, read.strict_labels)
     train["y"] = [labels.lookup(v) for v in train["target"]]
     _check_folds(cfg, labels, train["y"].to_numpy(), notes)
     holdout_y = None
@@ -144,14 +105,15 @@ def load_competition(cfg: Config) -> Competition:
                                     sample, labels)  # fmt: skip
     fmt, fmt_notes = resolve_format(sample, labels, c.task, c.submit_format, c.metric, sample_path)
     return Competition(
-        c.name, train.reset_index(drop=True), test_ids.reset_index(drop=True), labels.classes, train_sources,
-        test_sources, sample, train_pixels, test_pixels, labels, fmt, holdout_y, notes + fmt_notes,
-        pixel_fractions=c.layout == "pixels" and fractions,
+        c.name, train.reset_index(drop=True), sample.iloc[:, 0].reset_index(drop=True), labels.classes,
+        read.train_sources, read.test_sources, sample, read.train_pixels, read.test_pixels, labels, fmt, holdout_y,
+        notes + fmt_notes, pixel_fractions=read.pixel_fractions,
     )  # fmt: skip
 
 
-def _labels(cfg: Config, train: pd.DataFrame, sample: pd.DataFrame, notes: list[str]) -> Labels:
-    """The classes of the train targets, in the order the metric and the submission columns read them."""
+def _labels(cfg: Config, train: pd.DataFrame, sample: pd.DataFrame, notes: list[str], strict: str | None) -> Labels:
+    """The classes of the train targets, in the order the metric and the submission columns read them. strict: where
+    the class names come from when each is one a user made (never merged as one class), else None."""
     c = cfg.competition
     empty = missing_labels(train["target"])
     if empty.any():
@@ -162,8 +124,7 @@ def _labels(cfg: Config, train: pd.DataFrame, sample: pd.DataFrame, notes: list[
         if no_group.any():
             raise DataError(f"{int(no_group.sum())} train row(s) have an empty '{c.group_col}' (the group column); "
                             f"they would all form one group. First ids: {list(train['id'][no_group][:5])}")  # fmt: skip
-    strict = c.layout == "folders"  # two folders are two things a user made: never merged
-    labels = Labels(train["target"], c.class_order, strict, f"class folders in {cfg.root / c.train_dir}")
+    labels = Labels(train["target"], c.class_order, strict is not None, strict or "train targets")
     classes = labels.classes
     if labels.n_stripped:
         notes.append(f"{labels.n_stripped} train target(s) had white space around them; compared without it")

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from .config import resolve_path
 from .data import ImageDataset
+from .folding import fold_rows
 from .infer import POLICIES, blend_probs, linear_softmax, merge
 from .metrics import score
 from .models import create_model, preprocessing
@@ -264,7 +265,7 @@ def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
         feats = None
 
         for p, t in members(plan, blend, name, refit=False):
-            rows = np.where(folds == p.meta["fold"])[0]
+            rows = fold_rows(folds, p.meta["fold"])[1]
             if spec.kind == "head":
                 if feats is None:
                     torch.manual_seed(0)

@@ -19,8 +19,8 @@ import math
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
 from .infer import IMAGE_EXTS, id_key  # noqa: F401 - the extensions PIL reads; the one rule ids are compared by
+from .inputs import DataError
 
 ORDINAL = {"qwk"}  # metrics that read the classes as ordered
 POSITIVE_WORDS = {"1", "true", "yes", "y", "t", "positive", "pos"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import DataError
 from .infer import InputError, submission_frame
+from .inputs import DataError
 
 
 class SubmissionError(ValueError):

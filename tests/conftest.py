@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -93,10 +94,39 @@ def make_pixels_competition(root: Path) -> Path:
     return root
 
 
+COCO_CATEGORIES = {0: 7, 1: 3, 2: 11}  # digit -> category id: ids are not class indices
+
+
+def make_coco_competition(root: Path) -> Path:
+    """Train labels in a COCO-style JSON: image ids unlike the file names, every third image annotated twice with its
+    category (two boxes of one class), an annotation-free category (no class)."""
+    imgs, y, tr, te = digits()
+    (root / "train" / "sub").mkdir(parents=True)
+    (root / "test").mkdir()
+    images, annotations = [], []
+    for k, i in enumerate(tr):
+        name = f"sub/t{i}.png" if k % 4 == 0 else f"t{i}.png"  # file names may hold a folder
+        save(imgs[i], root / "train" / name, "RGB")
+        images.append({"id": 1000 + k, "file_name": name, "width": 8, "height": 8})
+        for _ in range(2 if k % 3 == 0 else 1):
+            annotations.append({"id": len(annotations), "image_id": 1000 + k,
+                                "category_id": COCO_CATEGORIES[int(y[i])], "bbox": [0, 0, 8, 8]})  # fmt: skip
+    categories = [{"id": COCO_CATEGORIES[d], "name": NAMES[d]} for d in (2, 0, 1)] + [{"id": 99, "name": "nine"}]
+    doc = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "train.json").write_text(json.dumps(doc))
+    for i in te:
+        save(imgs[i], root / "test" / f"s{i}.png", "L")
+    ids = [f"s{i}" for i in te]
+    pd.DataFrame({"image_id": ids, "label": "zero"}).to_csv(root / "sample_submission.csv", index=False)
+    pd.DataFrame({"image_id": ids, "label": [NAMES[int(y[i])] for i in te]}).to_csv(root / "labels.csv", index=False)
+    return root
+
+
 LAYOUTS = {
     "csv": (make_csv_competition, {"layout": "csv", "id_col": "image_id", "target_col": "digit"}),
     "folders": (make_folders_competition, {"layout": "folders"}),
     "pixels": (make_pixels_competition, {"layout": "pixels", "target_col": "label"}),
+    "coco": (make_coco_competition, {"layout": "coco"}),
 }
 
 TINY_TRAIN = {"img_size": 32, "epochs": 2, "frozen_epochs": 1, "batch_size": 16, "lr": 0.01, "augment": "light"}

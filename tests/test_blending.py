@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
-from pipeline.blending import METHODS, bootstrap_gain, choose_tta, honest_cv, make_blend, nested_cv
+from pipeline.blending import METHODS, blend_models, bootstrap_gain, choose_tta, honest_cv, make_blend, nested_cv
+from pipeline.folding import fold_rows
 from pipeline.metrics import score
+from pipeline.tta import merge_policy
 
 
 def synthetic(n=300, c=3, seed=0):
@@ -100,3 +102,33 @@ def test_simplex_falls_back_to_the_mean_when_its_weights_lose_on_the_metric():
     by_accuracy = make_blend("simplex", "accuracy").fit(probs, y)
     np.testing.assert_array_equal(by_accuracy.weights_, [0.5, 0.5])  # the mean, which scores 0.625
     assert score("accuracy", y, by_accuracy.predict(probs)) == 0.625
+
+
+def test_blend_models_fits_on_oof_and_reports_what_it_fitted():
+    """The blend stage's maths (and bench blend's): weights fitted on the chosen views' OOF, applied to test; the
+    honest scores those of honest_cv; a refit model's test said to come from the full-data refit."""
+    y, (good, fair, noise) = synthetic(n=200)
+    folds = np.arange(len(y)) % 4
+    test = [good[:50], fair[:50]]
+    models = {"a": {"views": ["center", "center_hflip"], "oof": np.stack([fair, noise]), "test": np.stack(test)},
+              "b": {"views": ["center"], "oof": good[None], "test": good[None, :50], "refit": True}}  # fmt: skip
+    arrays, rep = blend_models(models, y, folds, "simplex", "logloss", "auto", "mean", seed=0, bootstrap=50)
+    assert rep["tta"]["a"]["chosen"] == "none/mean" and rep["tta"]["b"]["test_from"] == "full-data refit"
+    oofs = [merge_policy(m["oof"], m["views"], "none", "mean") for m in models.values()]
+    tests = [merge_policy(m["test"], m["views"], "none", "mean") for m in models.values()]
+    b = make_blend("simplex", "logloss").fit(oofs, y)
+    np.testing.assert_array_equal(arrays["oof_probs"], b.predict(oofs))
+    np.testing.assert_array_equal(arrays["test_probs"], b.predict(tests))
+    assert rep["weights"] == {"a": b.weights_[0], "b": b.weights_[1]}
+    honest, single, _, _ = honest_cv(models, y, folds, "simplex", "logloss", "auto", "mean")
+    np.testing.assert_array_equal(arrays["honest_probs"], honest)
+    assert rep["honest_cv"] == score("logloss", y, honest) and rep["honest_best_single"] == score("logloss", y, single)
+    assert rep["best_single_model"] == "b" and rep["oof"] == score("logloss", y, arrays["oof_probs"])
+
+
+def test_fold_rows_are_the_folds_rows_and_a_full_fold_holds_none_out():
+    folds = np.array([2, 0, 1, 0, 2])
+    tr, va = fold_rows(folds, 0)
+    assert tr.tolist() == [0, 2, 4] and va.tolist() == [1, 3]
+    tr, va = fold_rows(folds, -1)  # plan.FULL: every row trains
+    assert tr.tolist() == [0, 1, 2, 3, 4] and va.size == 0

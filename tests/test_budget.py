@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from pipeline.app import build_plan
-from pipeline.config import PRESETS, ConfigError, load_config, parse_duration
+from pipeline.config import LADDER_FILE, ConfigError, load_config, parse_duration
 from pipeline.scheduler import ensure_done, run_units
 
 from .conftest import run_cli, write_config
@@ -98,7 +98,7 @@ def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resume
 def test_presets_fill_a_config_that_holds_only_the_competition(tmp):
     path = tmp / "c.yaml"
     path.write_text(yaml.safe_dump({"competition": {"name": "x", "root": str(tmp)}}))
-    ladder = yaml.safe_load(PRESETS.read_text())
+    ladder = yaml.safe_load(LADDER_FILE.read_text())
     names = [m["name"] for m in ladder["models"]]
     medium = load_config(path)
     assert [m.name for m in medium.models] == names[: ladder["sizes"]["medium"]] and medium.preset == "medium"

@@ -2,6 +2,8 @@ import pytest
 
 from pipeline.config import REPO, ConfigError, load_config
 
+from .conftest import run_cli
+
 
 def write(tmp, text):
     p = tmp / "c.yaml"
@@ -63,3 +65,9 @@ def test_default_config_loads():
 @pytest.mark.parametrize("path", sorted(REPO.glob("configs/*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     assert load_config(path).models
+
+
+def test_budget_is_refused_by_a_single_stage_command():
+    """--budget plans a whole run (`all`; `status` lists that plan): a stage alone would run without a deadline."""
+    proc = run_cli("train", "--budget", "5m", check=False)
+    assert proc.returncode == 2 and "--budget is for `all`" in proc.stderr and "./run.sh all --budget 5m" in proc.stderr

@@ -55,13 +55,15 @@ def test_csv_layout_end_to_end_and_caching(tmp):
     assert sorted(ran(more_seeds, "predict")) == [f"tiny/seed1/fold{k}" for k in range(3)]
 
 
-@pytest.mark.parametrize("layout", ["folders", "pixels"])
+@pytest.mark.parametrize("layout", ["folders", "pixels", "coco"])
 def test_other_layouts_end_to_end(tmp, layout):
     out = run_cli("all", "--config", str(write_config(tmp, layout))).stdout
     (sub,) = submission(tmp)
     got = pd.read_csv(sub, dtype=str)
     if layout == "folders":
         assert list(got.columns) == ["file", "species"] and set(got["species"]) <= {"zero", "one", "two"}
+    elif layout == "coco":  # category names written back, as the sample spells them
+        assert list(got.columns) == ["image_id", "label"] and set(got["label"]) <= {"zero", "one", "two"}
     else:
         assert list(got.columns) == ["ImageId", "Label"] and got["ImageId"].tolist() == [str(i) for i in range(1, 10)]
     assert "held-out test accuracy" in out

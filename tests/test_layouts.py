@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,13 +9,15 @@ from PIL import Image
 from pipeline.app import build_plan
 from pipeline.config import load_config
 from pipeline.data import DataError, load_competition, read_image
+from pipeline.layouts import LAYOUTS
 from pipeline.models import preprocessing
 from pipeline.scheduler import ensure_done
+from pipeline.schema import CHOICES
 
 from .conftest import NAMES, digits, make_csv_competition, write_config
 
 
-@pytest.mark.parametrize("layout", ["csv", "folders", "pixels"])
+@pytest.mark.parametrize("layout", ["csv", "folders", "pixels", "coco"])
 def test_layout_loads_each_row_from_its_own_file(tmp, layout):
     """The loaded table against the files and the digits they were made from: each train row's pixels and class are
     those of the digit written for its id, each test id's pixels those of its file, in sample_submission order."""
@@ -40,10 +43,10 @@ def test_layout_loads_each_row_from_its_own_file(tmp, layout):
     for k, id_ in enumerate(comp.train["id"]):
         i = digit_of("train", k)
         np.testing.assert_allclose(pixels("train", k), imgs[i], atol=lossy, err_msg=id_)
-        assert comp.classes[comp.train["y"][k]] == (NAMES[int(y[i])] if layout == "folders" else str(y[i]))
+        assert comp.classes[comp.train["y"][k]] == (NAMES[int(y[i])] if layout in ("folders", "coco") else str(y[i]))
         if layout == "csv":
             assert Path(comp.sources("train")[k]).stem == id_.rsplit(".", 1)[0]
-        if layout == "folders":
+        if layout in ("folders", "coco"):
             assert comp.sources("train")[k] == str(root / "train" / id_)
     for k, id_ in enumerate(comp.test_ids):
         np.testing.assert_array_equal(pixels("test", k), imgs[digit_of("test", k)], err_msg=id_)
@@ -130,3 +133,70 @@ def test_16_bit_and_transparent_palette_images_and_groups_through_a_whole_run(tm
     sub = pd.read_csv(plan.load(plan.one("submit"))["submission"], dtype=str)
     labels = pd.read_csv(root / "labels.csv", dtype=str).set_index("image_id").loc[sub["image_id"], "digit"]
     assert manifest["holdout_score"] == pytest.approx((sub["digit"].to_numpy() == labels.to_numpy()).mean())
+
+
+def coco_edit(tmp, edit) -> object:
+    """The coco competition's config, its train.json changed by edit(doc) first."""
+    cfg = load_config(write_config(tmp, "coco"))
+    path = cfg.root / "train.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    return cfg
+
+
+def test_coco_classes_are_category_names_and_repeated_boxes_one_class(tmp):
+    comp = load_competition(load_config(write_config(tmp, "coco")))
+    assert comp.classes == ["one", "two", "zero"]  # names, sorted; the category ids 3, 11, 7 are only links
+    doc = json.loads((tmp / "comp-coco" / "train.json").read_text())
+    assert len(doc["annotations"]) > len(doc["images"])  # images annotated twice with one category: one row each
+    assert comp.train["id"].tolist() == [e["file_name"] for e in doc["images"]]
+    assert any("nine" in n for n in comp.notes)  # a category without images is said, not a class
+
+
+def _add(doc, key, entry):
+    doc[key].append(entry)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: _add(d, "annotations", {"image_id": 1001, "category_id": 3}),
+         r"1 image\(s\) are annotated with more than one .*'t\d+\.png' \(image id 1001\): \['one', 'zero'\]"),
+        (lambda d: d.update(annotations=[a for a in d["annotations"] if a["image_id"] != 1002]),
+         r"1 image\(s\) have no annotation.*'t\d+\.png' \(image id 1002\)"),
+        (lambda d: _add(d, "annotations", {"image_id": 5, "category_id": 7}),
+         r"annotations\[\d+\] names image_id 5, which no entry of `images` has"),
+        (lambda d: _add(d, "annotations", {"image_id": 1001, "category_id": 42}),
+         r"names category_id 42, which no entry of `categories` has"),
+        (lambda d: _add(d, "categories", {"id": 50, "name": "zero"}), r"categories name 'zero' is given twice"),
+        (lambda d: d["categories"][0].update(name=" zero"), r"categories name 'zero' is given twice \(compared"),
+        (lambda d: _add(d, "images", {"id": 1001, "file_name": "x.png"}), r"images id 1001 is given twice"),
+        (lambda d: d["images"][3].update(file_name="gone.png"), r"not found in .*'gone.png' \(image id 1003\)"),
+        (lambda d: d.pop("categories"), r"expected a list under 'categories'"),
+        (lambda d: d["annotations"][0].pop("category_id"), r"annotations\[0\] must be a mapping with"),
+        (lambda d: d["annotations"][0].update(image_id=[1000]), r"annotations\[0\] names image_id \[1000\]"),
+    ],
+)  # fmt: skip
+def test_coco_json_problems_name_the_file_and_image(tmp, edit, message):
+    cfg = coco_edit(tmp, edit)
+    with pytest.raises(DataError, match=message) as err:
+        load_competition(cfg)
+    assert "train.json" in str(err.value)
+
+
+def test_coco_json_that_is_not_json_is_refused(tmp):
+    cfg = load_config(write_config(tmp, "coco"))
+    (cfg.root / "train.json").write_text('{"images": [')
+    with pytest.raises(DataError, match="train.json could not be read as JSON"):
+        load_competition(cfg)
+
+
+def test_every_layout_of_the_table_is_a_config_choice():
+    assert set(LAYOUTS) == CHOICES["competition.layout"]
+
+
+def test_group_col_on_a_layout_without_groups_is_refused(tmp):
+    cfg = load_config(write_config(tmp, "coco", competition={"group_col": "patient"}))
+    with pytest.raises(DataError, match="group_col 'patient': the coco layout has no group column"):
+        load_competition(cfg)

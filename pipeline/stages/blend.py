@@ -16,13 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..blending import bootstrap_gain, choose_tta, honest_cv, make_blend
+from ..blending import SCORES, blend_models
 from ..logs import log
-from ..metrics import GREATER_IS_BETTER, score
 from ..plan import FULL
 from ..stage import RunContext
 from ..store import Unit, atomic_savez, atomic_write_json
-from ..tta import merge_policy
 
 NAME = "blend"
 VERSION = 3  # 2: honest CV nests the TTA and best-single choices; 3: report.json holds the fitted blender
@@ -70,67 +68,32 @@ def gather(plan, unit: Unit) -> dict[str, dict]:
     return out
 
 
-def test_from(m: dict) -> str:
-    return "full-data refit" if m["refit"] else "fold models"
-
-
 def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cfg, comp = plan.cfg, plan.comp
     metric, b = cfg.competition.metric, cfg.blend
-    y = comp.train["y"].to_numpy()
     models = gather(plan, unit)
     folds = plan.load(plan.one("folds"))
-    names = list(models)
-    oofs, tests, tta_report, single = [], [], {}, {}
-    for name in names:
-        m = models[name]
-        table, pol, how = choose_tta(metric, y, m["views"], m["oof"], b.tta, b.merge)
-        oofs.append(merge_policy(m["oof"], m["views"], pol, how))
-        tests.append(merge_policy(m["test"], m["views"], pol, how))
-        tta_report[name] = {"chosen": f"{pol}/{how}", "table": table, "test_from": test_from(m)}
-        single[name] = score(metric, y, oofs[-1])
-        log(NAME, f"{name}: OOF {metric} {single[name]:.4f} with TTA {pol}/{how}; test from {test_from(m)}")
-    blender = make_blend(b.method, metric, b.seed).fit(oofs, y)
-    oof_blend, test_blend = blender.predict(oofs), blender.predict(tests)
-    # honest: the TTA choices, the blend and the best single model all chosen again on k-1 folds for each fold
-    honest, honest_single, fold_weights, fold_best = honest_cv(models, y, folds, b.method, metric, b.tta, b.merge,
-                                                               b.seed)  # fmt: skip
-    best_name = max(names, key=lambda n: single[n] if GREATER_IS_BETTER[metric] else -single[n])
-    gain = bootstrap_gain(metric, y, honest, honest_single, b.bootstrap, b.seed)
-    errors = np.stack([1 - o[np.arange(len(y)), y] for o in oofs])
-    corr = np.corrcoef(errors) if len(oofs) > 1 else np.ones((1, 1))
-    scores = {"oof": score(metric, y, oof_blend), "honest_cv": score(metric, y, honest),
-              "best_single": single[best_name], "honest_best_single": score(metric, y, honest_single),
-              "oof_logloss": score("logloss", y, oof_blend)}  # fmt: skip
-    report = {
-        "metric": metric, "method": b.method, "models": names,
-        "weights": dict(zip(names, blender.weights_.tolist())),
-        "blender": blender.params(),  # what blending test predictions needs (an exported bundle reads it)
-        "fold_weights": fold_weights.tolist(), "fold_best_single": fold_best, "single": single,
-        "best_single_model": best_name, **scores,
-        "honest_gain_vs_best": {"mean": gain[0], "ci95": [gain[1], gain[2]]}, "tta": tta_report,
-        "error_correlation": {"models": names, "matrix": np.round(corr, 4).tolist()},
-    }  # fmt: skip
+    arrays, report = blend_models(models, comp.train["y"].to_numpy(), folds, b.method, metric, b.tta, b.merge, b.seed,
+                                  b.bootstrap)  # fmt: skip
+    for name, tta in report["tta"].items():
+        log(NAME, f"{name}: OOF {metric} {report['single'][name]:.4f} with TTA {tta['chosen']}; test from "
+                  f"{tta['test_from']}")  # fmt: skip
     atomic_write_json(out / "report.json", report)
-    atomic_savez(
-        out / "blend.npz",
-        oof_probs=oof_blend,
-        honest_probs=honest,
-        test_probs=test_blend,
-        train_ids=comp.train["id"].to_numpy().astype(str),
-        test_ids=comp.test_ids.to_numpy().astype(str),
-    )
+    atomic_savez(out / "blend.npz", **arrays, train_ids=comp.train["id"].to_numpy().astype(str),
+                 test_ids=comp.test_ids.to_numpy().astype(str))  # fmt: skip
     log(NAME, f"weights {report['weights']}")
-    if len(names) > 1:  # low error correlation = diverse models, where blending gains most
-        for name, row in zip(names, corr):
+    corr = report["error_correlation"]["matrix"]
+    if len(corr) > 1:  # low error correlation = diverse models, where blending gains most
+        for name, row in zip(report["models"], corr):
             log(NAME, f"OOF error correlation {name:>16}: " + " ".join(f"{v:+.2f}" for v in row))
+    gain = [report["honest_gain_vs_best"]["mean"], *report["honest_gain_vs_best"]["ci95"]]
     log(
         NAME,
-        f"{metric}: blend OOF {scores['oof']:.4f}, honest CV {scores['honest_cv']:.4f}, best single "
-        f"{best_name} {scores['best_single']:.4f} (honest {scores['honest_best_single']:.4f}), honest gain "
-        f"{gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
+        f"{metric}: blend OOF {report['oof']:.4f}, honest CV {report['honest_cv']:.4f}, best single "
+        f"{report['best_single_model']} {report['best_single']:.4f} (honest {report['honest_best_single']:.4f}), "
+        f"honest gain {gain[0]:+.4f} [{gain[1]:+.4f}, {gain[2]:+.4f}]",
     )
-    return {"outputs": ["blend.npz", "report.json"], "scores": scores}
+    return {"outputs": ["blend.npz", "report.json"], "scores": {k: report[k] for k in SCORES}}
 
 
 def estimate(plan, unit: Unit, rates: dict) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ImageDataset
+from ..folding import fold_rows
 from ..infer import linear_softmax
 from ..rates import model_rates
 from ..runtime import make_loader, prepare_model, run_views
@@ -79,7 +80,7 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     comp = plan.comp
     views = unit.params["views"]
     folds = plan.load_input(plan.input(unit, "model"), "folds")  # the assignment its model was trained on
-    va_rows = np.where(folds == unit.meta["fold"])[0]
+    va_rows = fold_rows(folds, unit.meta["fold"])[1]
     fn = _predict_head if plan.cfg.model(unit.meta["model"]).kind == "head" else _predict_network
     oof_probs, test_probs = fn(plan, unit, views, va_rows)
     arrays = {

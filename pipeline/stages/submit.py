@@ -25,7 +25,8 @@ NAME = "submit"
 VERSION = 1
 PARTIAL = None
 IMPLICIT = False
-PACKAGES = ["torch", "timm", "albumentations", "scikit-learn", "numpy", "pandas", "ttach"]
+# the packages whose versions can change this submission (ttach is a benchmark's only: not recorded)
+PACKAGES = ["torch", "timm", "albumentations", "scikit-learn", "scipy", "numpy", "pandas", "pillow"]
 
 
 def holdout_score(plan, probs: np.ndarray) -> float | None:

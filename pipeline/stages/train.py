@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from ..augment import train_transform
 from ..config import model_params
 from ..data import ImageDataset
+from ..folding import fold_rows
 from ..infer import full_linear
 from ..logs import log
 from ..metrics import better, score, selection_metric
@@ -102,7 +103,7 @@ def setup(plan, unit: Unit) -> Session:
     cfg, comp, rt = plan.cfg, plan.comp, plan.cfg.runtime
     spec, seed, fold = cfg.model(unit.meta["model"]), unit.meta["seed"], unit.meta["fold"]
     folds = plan.load_input(unit, "folds")
-    tr_rows, va_rows = np.where(folds != fold)[0], np.where(folds == fold)[0]
+    tr_rows, va_rows = fold_rows(folds, fold)
     cache = plan.load_input(unit, "train_images")
     device, model, norm = prepare_model(spec, rt, comp.n_classes, seed=derive_seed(seed, fold, 7))
     groups, stages = param_groups(model, spec)
