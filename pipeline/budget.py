@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 
+from . import kinds
 from .config import Config, parse_duration
 from .executor import log
 from .plan import Plan, build_plan
@@ -49,13 +50,10 @@ def estimate(plan: Plan, unit, rates: dict) -> float:
     n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
     if unit.stage == "features":
         return setup + len(comp.sources(unit.meta["split"])) * views / fwd
-    if unit.stage == "train":
-        if spec.kind == "head":
-            return 0.2 + 2e-4 * n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows
-        per_epoch = (n_train - n_val) / rates["train"][candidate(spec, True)] + n_val / fwd
-        return setup + spec.epochs * per_epoch
-    if unit.stage == "predict":
-        return 0.1 if spec.kind == "head" else setup + (n_val + n_test) * views / fwd
+    if unit.stage in ("train", "predict"):
+        sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test, "views": views, "setup": setup, "fwd": fwd,
+                 "train_rate": rates["train"].get(candidate(spec, True))}  # fmt: skip
+        return kinds.get(spec.kind).estimate(unit.stage, spec, sizes)
     return 1.0
 
 

