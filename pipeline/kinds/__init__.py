@@ -25,6 +25,7 @@ from importlib import import_module
 KINDS = {
     "finetune": ("finetune", "images"),  # fine-tunes the pretrained network (the default)
     "head": ("head", "features"),  # a softmax (logistic regression) on cached frozen-backbone features
+    "knn": ("knn", "features"),  # a cosine k-nearest-neighbour vote on cached frozen-backbone features
 }
 
 
