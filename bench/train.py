@@ -28,10 +28,10 @@ import torch
 from pipeline.app import build_plan
 from pipeline.augment import train_transform
 from pipeline.data import ImageDataset
+from pipeline.kinds.finetune import setup, train_one_epoch
 from pipeline.models import preprocessing
 from pipeline.runtime import amp_context, derive_seed, make_loader, pick_device, prepare_model, resolve_workers
 from pipeline.scheduler import ensure_done
-from pipeline.stages.train import setup, train_one_epoch
 from pipeline.training import EpochSampler, lr_factor, mix_batch, param_groups, set_trainable
 
 from .common import parse

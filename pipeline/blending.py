@@ -10,7 +10,8 @@ import numpy as np
 from scipy.optimize import minimize
 
 from .folding import fold_rows
-from .infer import blend_probs, full_linear, stack_features
+from .infer import blend_probs, stack_features
+from .logreg import StandardLogReg
 from .metrics import GREATER_IS_BETTER, loss_of, score
 from .tta import POLICIES, merge_policy, policies_within
 
@@ -98,18 +99,11 @@ class StackBlend(MeanBlend):
     report; predictions come from the regression."""
 
     def fit(self, probs_list, y):
-        from sklearn.linear_model import LogisticRegression
-        from threadpoolctl import threadpool_limits
-
         x = stack_features(probs_list)
-        self.mean_, self.scale_ = x.mean(0), x.std(0) + 1e-6
-        clf = LogisticRegression(C=1.0, max_iter=2000, random_state=self.seed)
-        with threadpool_limits(1):
-            clf.fit((x - self.mean_) / self.scale_, y)
-        share = np.abs(clf.coef_).reshape(len(clf.coef_), len(probs_list), -1).sum((0, 2))
+        lr = StandardLogReg(_stack(probs_list).shape[-1], c=1.0, max_iter=2000, seed=self.seed).fit(x, y)
+        share = np.abs(lr.raw_coef_).reshape(len(lr.raw_coef_), len(probs_list), -1).sum((0, 2))
         self.weights_ = share / share.sum()
-        # every class, as a head's: a class absent from the fit rows gets no mass
-        self.coef_, self.intercept_ = full_linear(clf.classes_, clf.coef_, clf.intercept_, _stack(probs_list).shape[-1])
+        self.mean_, self.scale_, self.coef_, self.intercept_ = lr.mean_, lr.scale_, lr.coef_, lr.intercept_
         return self
 
     def predict(self, probs_list) -> np.ndarray:

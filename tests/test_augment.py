@@ -8,7 +8,7 @@ import torch
 from pipeline.augment import train_transform
 from pipeline.data import ImageDataset
 from pipeline.runtime import make_loader
-from pipeline.stages.train import EpochSampler
+from pipeline.training import EpochSampler
 
 
 def flip_dataset(tmp, n=400):

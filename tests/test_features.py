@@ -52,7 +52,7 @@ def test_bad_feature_levels_name_the_model_and_the_range(tmp):
     plan = build_plan(load_config(write_config(tmp, "csv", models=[head(feature_levels=[0, 9])])))
     with pytest.raises(UnitFailed, match=r"model mid \(test_efficientnet\): feature_levels \[9\] out of range"):
         ensure_done(plan, plan.all("features"))
-    with pytest.raises(ConfigError, match=r"models\[0\]\.feature_levels'.*kind: head only"):
+    with pytest.raises(ConfigError, match=r"models\[0\]\.feature_levels'.*for the kinds on cached features only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_levels=[1]), "kind": "finetune"}]))
 
 
@@ -82,5 +82,5 @@ def test_feature_grid_keeps_where_things_are(tmp):
     # level 1's cells, channel-major: channel c's top-left, top-right, bottom-left, bottom-right means
     want = torch.stack(quarters, -1).flatten(1)[0]
     np.testing.assert_allclose(stored["feats"][0, 3, : 4 * channels[1]], want.numpy(), atol=1e-4)
-    with pytest.raises(ConfigError, match=r"models\[0\]\.feature_grid': for kind: head only"):
+    with pytest.raises(ConfigError, match=r"models\[0\]\.feature_grid': for the kinds on cached features only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_grid=2), "kind": "finetune"}]))

@@ -14,9 +14,9 @@ import torch
 from pipeline.app import build_plan
 from pipeline.augment import train_transform
 from pipeline.config import load_config
+from pipeline.kinds.finetune import setup, train_one_epoch
 from pipeline.models import stage_groups
 from pipeline.scheduler import ensure_done
-from pipeline.stages.train import setup, train_one_epoch
 from pipeline.training import lr_factor, mix_batch
 
 from .conftest import write_config

@@ -1,7 +1,8 @@
 """features: a frozen pretrained backbone's pooled activations (pre-logits, or the pooled feature levels the model
-spec names), computed once per TTA view for every image of a split and stored on disk; `kind: head` models
-train a softmax on them in seconds. One unit per model and split: a new test set recomputes the test features only,
-and never refits a head (whose key reads the train features alone).
+spec names), computed once per TTA view for every image of a split and stored on disk, for the models whose kind
+fits on features (`kind: head`, a softmax; `kind: knn`, a nearest-neighbour vote: seconds each). One unit per model
+and split: a new test set recomputes the test features only, and never refits them (their keys read the train
+features alone).
 
 Output `features.npz`: `views` (V,) and `feats` (V, n, D) float32, rows in the split's table order.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import kinds
 from ..data import ImageDataset
 from ..models import check_levels, preprocessing, weights_id
 from ..rates import model_rates
@@ -27,10 +29,11 @@ IMPLICIT = False
 
 
 def units(plan) -> list[Unit]:
-    out = []
+    """One unit per distinct features and split; meta "model" the first model that reads it, "models" all of them."""
+    made: dict[str, Unit] = {}
     views = views_for(plan.cfg.predict.views)
     for spec in plan.cfg.models:
-        if spec.kind != "head":
+        if not kinds.reads_features(spec.kind):
             continue
         params = {"backbone": spec.backbone, "weights": weights_id(spec.weights, spec.backbone),
                   "img_size": spec.img_size, "prep": preprocessing(spec)}  # fmt: skip
@@ -40,9 +43,13 @@ def units(plan) -> list[Unit]:
             params["grid"] = spec.feature_grid
         for split in ("train", "test"):
             inputs = {"images": plan.images(split, spec).key}
-            out.append(Unit(NAME, f"{spec.name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
-                            meta={"model": spec.name, "split": split}, gpu=True))  # fmt: skip
-    return out
+            unit = Unit(NAME, f"{spec.name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
+                        meta={"model": spec.name, "split": split, "models": [spec.name]}, gpu=True)  # fmt: skip
+            if unit.key in made:  # one backbone's features for several models (a head and a knn): computed once
+                made[unit.key].meta["models"].append(spec.name)
+            else:
+                made[unit.key] = unit
+    return list(made.values())
 
 
 def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:

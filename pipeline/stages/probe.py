@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .. import kinds
 from ..infer import load_resized
-from ..models import embed
 from ..rates import candidate
 from ..runtime import amp_context, pick_device, prepare_model
 from ..stage import RunContext
@@ -46,7 +46,7 @@ def units(plan) -> list[Unit]:
     if plan.cfg.runtime.budget is None:
         return []
     specs = {candidate(s): s for s in plan.cfg.models}
-    train = {candidate(s, True): s for s in plan.cfg.models if s.kind != "head"}
+    train = {candidate(s, True): s for s in plan.cfg.models if kinds.get(s.kind).probe_train}
     params = {"eval": sorted(specs), "train": sorted(train), "machine": machine(plan.cfg.runtime)}
     return [Unit(NAME, "machine", params, {"pixels": plan.fingerprint("train")}, VERSION)]
 
@@ -73,8 +73,8 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
         load_resized(s, plan.comp.train_pixels, 64, "bicubic")
     result["decode_s"] = (time.perf_counter() - t0) / max(1, len(sources))
     for spec in cfg.models:
-        key, tkey = candidate(spec), candidate(spec, True)
-        if key in result["eval"] and (spec.kind == "head" or tkey in result["train"]):
+        key, tkey, kind = candidate(spec), candidate(spec, True), kinds.get(spec.kind)
+        if key in result["eval"] and (not kind.probe_train or tkey in result["train"]):
             continue
         t_setup = time.perf_counter()
         device, model, _ = prepare_model(spec, rt, plan.comp.n_classes, seed=0)
@@ -84,14 +84,14 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
         model.eval()
 
         @torch.no_grad()
-        def forward(model=model, x=x, spec=spec, device=device):
+        def forward(model=model, x=x, spec=spec, device=device, kind=kind):
             with amp_context(device, rt.amp):
-                embed(model, x, spec.feature_levels, spec.feature_grid) if spec.kind == "head" else model(x)
+                kind.probe_forward(model, x, spec)
 
         forward()
         result["setup_s"][key] = time.perf_counter() - t_setup
         result["eval"][key] = EVAL_BATCH / _timed(forward, device)
-        if spec.kind != "head":
+        if kind.probe_train:
             xb = x[: spec.batch_size]
             y = torch.randint(0, plan.comp.n_classes, (len(xb),)).to(device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -132,7 +132,8 @@ def curves(r: Run) -> str:
         if runs:
             out.append(rp.img(plots.learning_curves(runs, r.metric), f"learning curves of {model}"))
         else:
-            out.append(rp.para("A softmax head on cached features: fitted in one step, no epochs to plot.", "note"))
+            kind = r.plan.cfg.model(model).kind
+            out.append(rp.para(f"Fitted on cached features in one step (kind: {kind}): no epochs to plot.", "note"))
         header = ["unit", "epochs", "best epoch", f"best {r.metric}", "images/s (median)", "data wait", "seconds"]
         out.append(rp.table(header, rows))
     return "".join(out)

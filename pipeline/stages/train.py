@@ -1,294 +1,56 @@
-"""train: one unit per model x seed x fold. Fine-tunes a pretrained timm backbone with a new head, or (kind: head)
-fits a softmax head on cached frozen-backbone features.
-
-Fine-tuning: head-only epochs with the backbone and its BatchNorm statistics frozen, then the last `unfreeze` stages
-(or all) with layer-wise decayed learning rates; AdamW, warmup + cosine per phase, label smoothing, optional
-mixup/cutmix and EMA, gradient clipping and accumulation, early stopping, best-epoch weights. Every random draw is a
-pure function of (seed, fold, epoch), and `resume.pt` is written atomically after each epoch, so a killed training
-resumes at its last finished epoch and ends identical to an uninterrupted one (CPU, deterministic settings). At each
-epoch's end it also stops, committing nothing, if its claim was taken over meanwhile (ctx.check_fence).
+"""train: one unit per model x seed x fold, trained by the model's kind (pipeline/kinds): a fine-tuned network
+(finetune), or a model fitted on cached frozen-backbone features (head, knn). Each kind declares its key slice, so
+a change that cannot alter a unit's result (a fine-tuning field such as `lr` for a head) does not redo it.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
-from safetensors.torch import load_file, save_file
 
-from ..augment import train_transform
-from ..config import model_params
-from ..data import ImageDataset
-from ..folding import fold_rows
-from ..infer import full_linear
-from ..logs import log
-from ..metrics import better, score, selection_metric
-from ..models import preprocessing, weights_id
+from .. import kinds
+from ..kinds.finetune import PARTIAL  # noqa: F401 - the stage's resumable file: a fine-tuning's state per epoch
 from ..plan import FULL
-from ..rates import candidate, model_rates
-from ..runtime import Normalizer, amp_context, derive_seed, make_loader, prepare_model, progress, run_views
-from ..stage import BudgetStop, RunContext
-from ..store import Unit, atomic_write
-from ..training import EpochSampler, lr_factor, mix_batch, param_groups, set_trainable
+from ..rates import model_rates
+from ..stage import RunContext
+from ..store import Unit
 
 NAME = "train"
 VERSION = 3
-PARTIAL = "resume.pt"  # written after every epoch; its presence means a resumable, unfinished unit
 IMPLICIT = False
 
 
 def units(plan) -> list[Unit]:
     """One unit per model x seed x fold (and x full-data with refit)."""
-    cfg, comp = plan.cfg, plan.comp
-    folds = plan.one("folds")
+    cfg, folds = plan.cfg, plan.one("folds")
     out = []
     for spec in cfg.models:
-        if spec.kind == "head":
-            inputs = {"folds": folds.key, "features": plan.one("features", model=spec.name, split="train").key}
-        else:
-            inputs = {"folds": folds.key, "train_images": plan.images("train", spec).key}
-        params = {
-            **model_params(spec),
-            "weights_id": weights_id(spec.weights, spec.backbone),
-            "prep": preprocessing(spec),
-            "metric": cfg.competition.metric,
-            "n_classes": comp.n_classes,
-        }
+        kind = kinds.get(spec.kind)
+        inputs = {"folds": folds.key, **kind.train_inputs(plan, spec)}
+        params = kind.key(plan, spec)
         for seed in spec.seeds:
             for fold in [*range(cfg.folds.n_folds), *([FULL] if spec.refit else [])]:
                 name = f"{spec.name}/seed{seed}/" + ("full" if fold == FULL else f"fold{fold}")
                 meta = {"model": spec.name, "seed": seed, "fold": fold}
                 unit = Unit(NAME, name, {**params, "seed": seed, "fold": fold}, inputs, VERSION, meta=meta)
-                unit.gpu = spec.kind != "head"
+                unit.gpu = kind.gpu
                 out.append(unit)
     return out
 
 
-@dataclass
-class Session:
-    """One fine-tuning unit in progress: what setup builds and every epoch reads or updates."""
-
-    spec: object
-    unit: Unit
-    device: torch.device
-    model: torch.nn.Module
-    norm: Normalizer
-    opt: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    ema: object | None
-    head: set[str]  # parameter names trained in the frozen epochs
-    tuned: set[str]  # and after them
-    loader: torch.utils.data.DataLoader
-    sampler: EpochSampler
-    val_loader: torch.utils.data.DataLoader | None  # None for a full-data (refit) unit: nothing held out
-    y: np.ndarray  # (n_train,) class index per train row
-    metric: str  # what chooses the best epoch: the competition's metric, or log loss where it is undefined
-    n_classes: int
-    amp: bool
-    progress: bool
-    fwd_model: object = None  # the model, compiled when spec.compile
-    start: int = 0  # the next epoch to run
-    best: float | None = None
-    best_epoch: int = -1
-    history: list[dict] = field(default_factory=list)
-
-
-def setup(plan, unit: Unit) -> Session:
-    """Model with a new head (seeded), AdamW over per-stage groups, scaler, EMA, loaders of the fold's rows."""
-    cfg, comp, rt = plan.cfg, plan.comp, plan.cfg.runtime
-    spec, seed, fold = cfg.model(unit.meta["model"]), unit.meta["seed"], unit.meta["fold"]
-    folds = plan.load_input(unit, "folds")
-    tr_rows, va_rows = fold_rows(folds, fold)
-    cache = plan.load_input(unit, "train_images")
-    device, model, norm = prepare_model(spec, rt, comp.n_classes, seed=derive_seed(seed, fold, 7))
-    groups, stages = param_groups(model, spec)
-    use_fp16 = device.type == "cuda" and rt.amp and not torch.cuda.is_bf16_supported()
-    ema = None
-    if spec.ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=spec.ema_decay)
-    head = set(stages[-1])
-    backbone_stages = stages[:-1] if spec.unfreeze < 0 else stages[:-1][len(stages) - 1 - spec.unfreeze :]
-    y = comp.train["y"].to_numpy()
-    prep = preprocessing(spec)
-    ds = ImageDataset(cache, tr_rows, y, train_transform(spec.augment, spec.img_size, prep["cache_size"]))
-    sampler = EpochSampler(len(tr_rows), seed, fold)
-    val_loader = None
-    if len(va_rows):
-        val_loader = make_loader(ImageDataset(cache, va_rows, y), cfg.predict.batch_size, rt.num_workers, device)
-    metric = selection_metric(cfg.competition.metric, y[va_rows], comp.n_classes)
-    if metric != cfg.competition.metric:
-        log(NAME, f"{unit.name}: {cfg.competition.metric} is undefined on this fold's held-out rows (a class has no "
-                  f"example there); its best epoch is chosen by {metric}")  # fmt: skip
-    return Session(
-        spec, unit, device, model, norm, torch.optim.AdamW(groups, lr=spec.lr),
-        torch.amp.GradScaler("cuda", enabled=use_fp16), ema, head, head | {n for s in backbone_stages for n in s},
-        make_loader(ds, spec.batch_size, rt.num_workers, device, sampler=sampler), sampler, val_loader, y,
-        metric, comp.n_classes, rt.amp, rt.progress,
-        fwd_model=torch.compile(model) if spec.compile else model,
-    )  # fmt: skip
-
-
-def resume(s: Session, path: Path) -> None:
-    """Continue from the state saved after the last finished epoch (weights, optimizer, scaler, EMA, history)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state["params"] != s.unit.params:  # only if a resume.pt was moved by hand: keys make this impossible
-        changed = sorted(k for k in state["params"] if state["params"][k] != s.unit.params.get(k))
-        raise RuntimeError(f"{path} was written with other settings (changed: {changed}); refusing to resume")
-    s.model.load_state_dict(state["model"])
-    s.opt.load_state_dict(state["optimizer"])
-    s.scaler.load_state_dict(state["scaler"])
-    if s.ema is not None:
-        s.ema.load_state_dict(state["ema"])
-    s.start, s.best, s.best_epoch, s.history = state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
-
-
-def train_one_epoch(s: Session, epoch: int) -> dict:
-    """One pass over the fold's training rows; returns the epoch's loss, images/s and data-wait share."""
-    spec, seed, fold = s.spec, s.unit.meta["seed"], s.unit.meta["fold"]
-    frozen = min(spec.frozen_epochs, spec.epochs)
-    phase_start, phase_len = (0, frozen) if epoch < frozen else (frozen, spec.epochs - frozen)
-    set_trainable(s.model, s.head if epoch < frozen else s.tuned)
-    torch.manual_seed(derive_seed(seed, fold, epoch, 1))  # dropout, mixup and cutmix draws of this epoch
-    s.sampler.set_epoch(epoch)
-    steps_per_epoch = math.ceil(len(s.loader) / spec.accum_steps)
-    warmup = int(spec.warmup_epochs * steps_per_epoch)
-    losses, wait, n_images, t_epoch = [], 0.0, 0, time.perf_counter()
-    batches = iter(progress(s.loader, len(s.loader), f"{s.unit.name} e{epoch}", s.progress))
-    for i in range(len(s.loader)):
-        t_wait = time.perf_counter()
-        images, labels, _ = next(batches)
-        wait += time.perf_counter() - t_wait
-        n_images += len(labels)
-        step = (epoch - phase_start) * steps_per_epoch + i // spec.accum_steps
-        for g in s.opt.param_groups:
-            g["lr"] = spec.lr * g["lr_mult"] * lr_factor(step, phase_len * steps_per_epoch, warmup)
-        x, target = mix_batch(s.norm(images), labels.to(s.device), s.n_classes, spec, spec.label_smoothing)
-        with amp_context(s.device, s.amp):
-            logits = s.fwd_model(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), target) / spec.accum_steps
-        s.scaler.scale(loss).backward()
-        losses.append(float(loss.detach()) * spec.accum_steps)
-        if (i + 1) % spec.accum_steps == 0 or i + 1 == len(s.loader):
-            if spec.grad_clip > 0:
-                s.scaler.unscale_(s.opt)
-                torch.nn.utils.clip_grad_norm_(s.model.parameters(), spec.grad_clip)
-            s.scaler.step(s.opt)
-            s.scaler.update()
-            s.opt.zero_grad(set_to_none=True)
-            if s.ema is not None:
-                s.ema.update(s.model)
-    if s.device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t_epoch
-    return {"epoch": epoch, "phase": "frozen" if epoch < frozen else "tuned", "train_loss": float(np.mean(losses)),
-            "images_per_s": n_images / seconds, "data_wait_share": wait / seconds}  # fmt: skip
-
-
-def evaluate(s: Session, model: torch.nn.Module) -> float | None:
-    """The metric on the fold's held-out rows (centre view); None for a full-data unit."""
-    if s.val_loader is None:
-        return None
-    rows, probs = run_views(model, s.val_loader, ["center"], s.spec.img_size, s.norm, s.amp)
-    return score(s.metric, s.y[rows], probs[0])
-
-
-def save_state(s: Session, out: Path, epoch: int) -> None:
-    """metrics.csv and resume.pt after every epoch, each written atomically."""
-    atomic_write(out / "metrics.csv", lambda p: pd.DataFrame(s.history).to_csv(p, index=False))
-    state = {
-        "model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "scaler": s.scaler.state_dict(),
-        "ema": s.ema.state_dict() if s.ema is not None else {}, "epoch": epoch, "best": s.best,
-        "best_epoch": s.best_epoch, "history": s.history, "params": s.unit.params,
-    }  # fmt: skip
-    atomic_write(out / PARTIAL, lambda p: torch.save(state, p))
-
-
-def train_finetune(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
-    s = setup(plan, unit)
-    if (out / PARTIAL).exists():
-        resume(s, out / PARTIAL)
-    spec = s.spec
-    for epoch in range(s.start, spec.epochs):
-        t_epoch = time.time()
-        row = train_one_epoch(s, epoch)
-        eval_model = s.ema.module if s.ema is not None else s.model
-        val = evaluate(s, eval_model)
-        # with nothing held out (refit) the last epoch is kept
-        improved = epoch == spec.epochs - 1 if val is None else (s.best is None or better(s.metric, val, s.best))
-        if improved:
-            s.best, s.best_epoch = val, epoch
-            weights = {k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}
-            atomic_write(out / "model.safetensors", lambda p, w=weights: save_file(w, str(p)))
-        s.history.append({**row, s.metric: val, "best": improved})
-        save_state(s, out, epoch)
-        ctx.check_fence()  # taken over while paused: stop here, commit nothing
-        if spec.patience and val is not None and epoch - s.best_epoch >= spec.patience:
-            break
-        if ctx.deadline and epoch + 1 < spec.epochs and time.time() + (time.time() - t_epoch) > ctx.deadline:
-            raise BudgetStop(f"after epoch {epoch + 1} of {spec.epochs}: another would pass the time budget; a run "
-                             f"with more time resumes it here")  # fmt: skip
-    return {
-        "outputs": ["model.safetensors", "metrics.csv"],
-        "scores": {s.metric: s.best, "best_epoch": s.best_epoch},
-    }
-
-
-def train_head(plan, unit: Unit, out: Path) -> dict:
-    """Multinomial logistic regression on standardised centre-view features of the fold's training rows."""
-    from sklearn.linear_model import LogisticRegression
-    from threadpoolctl import threadpool_limits
-
-    cfg, comp = plan.cfg, plan.comp
-    spec = cfg.model(unit.meta["model"])
-    feats = plan.load_input(unit, "features")
-    x = feats["feats"][feats["views"].index("center")].astype(np.float64)
-    folds = plan.load_input(unit, "folds")
-    y = comp.train["y"].to_numpy()
-    tr, va = folds != unit.meta["fold"], folds == unit.meta["fold"]
-    mean, scale = x[tr].mean(0), x[tr].std(0) + 1e-6
-    clf = LogisticRegression(C=spec.head_c, max_iter=3000, random_state=unit.meta["seed"])
-    with threadpool_limits(1):  # one BLAS thread: 2-4x faster fits than two on this 2-core machine, any size tried
-        clf.fit((x[tr] - mean) / scale, y[tr])
-    probs = np.zeros((va.sum(), comp.n_classes))
-    val = None  # a full-data (refit) unit has no held-out rows
-    metric = selection_metric(cfg.competition.metric, y[va], comp.n_classes)
-    if va.any():
-        probs[:, clf.classes_] = clf.predict_proba((x[va] - mean) / scale)
-        val = score(metric, y[va], probs)
-    coef, intercept = full_linear(clf.classes_, clf.coef_, clf.intercept_, comp.n_classes)  # absent classes: no mass
-    tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in
-               {"coef": coef, "intercept": intercept, "mean": mean, "scale": scale}.items()}  # fmt: skip
-    atomic_write(out / "head.safetensors", lambda p: save_file(tensors, str(p)))
-    atomic_write(out / "metrics.csv", lambda p: pd.DataFrame([{"epoch": 0, metric: val}]).to_csv(p, index=False))
-    return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {metric: val}}
-
-
 def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
-    if plan.cfg.model(unit.meta["model"]).kind == "head":
-        return train_head(plan, unit, out)
-    return train_finetune(plan, unit, out, ctx)
+    return kinds.get(plan.cfg.model(unit.meta["model"]).kind).train(plan, unit, out, ctx)
 
 
 def estimate(plan, unit: Unit, rates: dict) -> float:
     r = model_rates(plan, unit, rates)
-    if r.spec.kind == "head":
-        return 0.2 + 2e-4 * r.n_train  # a logistic regression on pooled features: about 0.2 s per 1000 rows
-    per_epoch = (r.n_train - r.n_val) / rates["train"][candidate(r.spec, True)] + r.n_val / r.fwd
-    return r.setup + r.spec.epochs * per_epoch
+    return kinds.get(r.spec.kind).estimate(NAME, r.spec, r.sizes())
 
 
 def load(plan, unit: Unit) -> dict:
-    """{"kind": "finetune", "state_dict": tensors} or {"kind": "head", "head": numpy arrays}, and "metrics"."""
+    """{"kind": its name, "metrics": metrics.csv as a frame, and what the kind stored: "state_dict" (finetune),
+    "head" (head) or "knn" (knn)}."""
+    kind = kinds.get(plan.cfg.model(unit.meta["model"]).kind)
     d = plan.store.dir(unit)
-    metrics = pd.read_csv(d / "metrics.csv")
-    if (d / "head.safetensors").is_file():
-        return {"kind": "head", "head": {k: v.numpy() for k, v in load_file(str(d / "head.safetensors")).items()},
-                "metrics": metrics}  # fmt: skip
-    return {"kind": "finetune", "state_dict": load_file(str(d / "model.safetensors")), "metrics": metrics}
+    return {"kind": kind.name, **kind.load(d), "metrics": pd.read_csv(d / "metrics.csv")}

@@ -1,0 +1,58 @@
+"""kind: head. A multinomial logistic regression (logreg.StandardLogReg) on standardised centre-view features of the
+fold's training rows. Output `head.safetensors`: coef (C, D), intercept (C,), mean and scale (D,), float64."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..infer import linear_softmax
+from ..logreg import StandardLogReg
+from ..metrics import score, selection_metric
+from ..store import atomic_write
+from .base import OnFeatures, centre_features, fold_split, view_features
+
+
+class Head(OnFeatures):
+    name = "head"
+
+    def key(self, plan, spec) -> dict:
+        # what the features unit holds (backbone, weights, size, levels, grid, views) is in its key, an input
+        return {"kind": self.name, "head_c": spec.head_c, "metric": plan.cfg.competition.metric,
+                "n_classes": plan.comp.n_classes}  # fmt: skip
+
+    def train(self, plan, unit, out: Path, ctx=None) -> dict:
+        spec, n_classes = plan.cfg.model(unit.meta["model"]), plan.comp.n_classes
+        x = centre_features(plan.load_input(unit, "features"))
+        y, tr, va = fold_split(plan, unit)
+        lr = StandardLogReg(n_classes, c=spec.head_c, max_iter=3000, seed=unit.meta["seed"]).fit(x[tr], y[tr])
+        metric = selection_metric(plan.cfg.competition.metric, y[va], n_classes)
+        val = score(metric, y[va], lr.predict_proba(x[va])) if va.any() else None  # None: a full-data (refit) unit
+        tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in lr.arrays().items()}
+        atomic_write(out / "head.safetensors", lambda p: save_file(tensors, str(p)))
+        atomic_write(out / "metrics.csv", lambda p: pd.DataFrame([{"epoch": 0, metric: val}]).to_csv(p, index=False))
+        return {"outputs": ["head.safetensors", "metrics.csv"], "scores": {metric: val}}
+
+    def load(self, folder: Path) -> dict:
+        return {"head": {k: v.numpy() for k, v in load_file(str(folder / "head.safetensors")).items()}}
+
+    def predict(self, plan, unit, views: list[str], va_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        head = plan.load_input(unit, "model")["head"]
+        train, test = plan.load_input(unit, "train_features"), plan.load_input(unit, "test_features")
+
+        def apply(x):  # (V, N, D) -> (V, N, C)
+            return linear_softmax(x, head["coef"], head["intercept"], head["mean"], head["scale"])
+
+        return apply(view_features(train, views, va_rows)), apply(view_features(test, views))
+
+    def estimate(self, stage: str, spec, sizes: dict) -> float:
+        if stage == "train":
+            return 0.2 + 2e-4 * sizes["n_train"]  # a logistic regression on pooled features: ~0.2 s per 1000 rows
+        return 0.1
+
+
+KIND = Head()
