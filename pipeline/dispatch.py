@@ -138,7 +138,8 @@ class _Run:
             log(u.stage, f"done   {u.name} in {m['seconds']:.1f}s {format_scores(m['scores'])}".rstrip()
                 if res.state == "done" else f"skip   {u.name} (done)")  # fmt: skip
         elif res.state == "stopped":  # a time budget ended: it stays partial and resumes in a later run
-            log(u.stage, f"paused {u.name}: {res.message}")
+            later = _drop_readers(self.plan, u.key, self.pending)
+            log(u.stage, f"paused {u.name}: {res.message}" + (f" ({later} later unit(s) need it)" if later else ""))
         elif res.state in ("lost", "busy"):  # lost: paused past the claim timeout, taken over; busy: another holds it
             self.pending.insert(0, u)
             log(u.stage, f"lost   {u.name}: {res.message}" if res.state == "lost"
@@ -197,14 +198,22 @@ def _left_out(plan: Plan, u: Unit, pending: list, deadline: float, estimates: di
     need = estimates.get(u.key, 0.0)
     if time.time() + need <= deadline:
         return False
-    gone = {u.key}
-    for v in list(pending):
-        if v.key in gone or any(d in gone for d in plan.deps[v.key]):
+    pending.remove(u)
+    later = _drop_readers(plan, u.key, pending)
+    log(u.stage, f"left   {u.name}: expected {need:.0f}s, {max(0.0, deadline - time.time()):.0f}s of the budget left"
+                 + (f" ({later} later unit(s) need it)" if later else ""))  # fmt: skip
+    return True
+
+
+def _drop_readers(plan: Plan, key: str, pending: list) -> int:
+    """Remove from pending every unit that reads `key`, directly or not (it will not be done in this run)."""
+    gone, n = {key}, 0
+    for v in list(pending):  # in dependency order: a reader comes after what it reads
+        if any(d in gone for d in plan.deps[v.key]):
             gone.add(v.key)
             pending.remove(v)
-    log(u.stage, f"left   {u.name}: expected {need:.0f}s, {max(0.0, deadline - time.time()):.0f}s of the budget left"
-                 + (f" ({len(gone) - 1} later unit(s) need it)" if len(gone) > 1 else ""))  # fmt: skip
-    return True
+            n += 1
+    return n
 
 
 def _visible(plan: Plan, u: Unit, tries: int = 20) -> bool:
