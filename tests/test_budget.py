@@ -51,10 +51,11 @@ def test_budget_fills_its_time_shrinks_a_rung_that_does_not_fit_and_a_rerun_reus
     status = run_cli("status", "--config", cfg, "--budget", "120s").stdout
     assert "missing  train/huge/seed0/fold0" in status
 
-    # a rerun with the same budget takes the same shrunk variant (reused, or resumed where the deadline stopped
-    # it), never another one, and trains nothing of what was done
+    # a rerun with the same budget reuses the shrunk variant the first run finished (one the deadline stopped is
+    # resumed when what is left of it fits, else a smaller one is trained), and trains nothing of what was done
     again = run_cli("all", "--config", cfg, "--budget", "120s").stdout
-    assert json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())["recipe"] == plan["recipe"]
+    if small in manifest["models"]:
+        assert json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())["recipe"] == plan["recipe"]
     assert "[train] run    head/" not in again and "[features] run" not in again, again
 
 
