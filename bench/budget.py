@@ -56,8 +56,11 @@ def baseline(kind: str, root: Path, metric: str) -> tuple[float, float]:
 
 
 def submitted_share(plan: dict) -> float:
-    """Seconds of this run's units that serve a submitted model, over the budget. A unit's label names its model
-    second (`train/<model>/...`); units that name no ladder model (images, folds) serve them all."""
+    """Seconds of this run's units that the submission reads, over the budget: budget.json's `submitted_s` (each unit
+    marked by the planner: shared features and image caches count for every model that reads them). Older files:
+    a unit's label names its model second (`train/<model>/...`); units that name no ladder model serve them all."""
+    if "submitted_s" in plan:
+        return plan["submitted_s"] / plan["budget_s"]
     models = set(plan["recipe"]) | set(plan["not_this_time"])
     used = 0.0
     for u in plan["units"]:

@@ -20,6 +20,7 @@ import dataclasses
 import time
 
 from .config import Config, ModelSpec, parse_duration
+from .executor import chosen_class
 from .logs import log
 from .plan import Plan, build_plan
 from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
@@ -68,8 +69,10 @@ class Clock:
     """Estimates of units, calibrated on the units that ran in this run: per (stage, kind) the ratio of the seconds
     they took to the seconds expected (within CALIBRATION), else the ratio over every unit that ran."""
 
-    def __init__(self, rates: dict, started: float):
+    def __init__(self, rates: dict, started: float, slots: tuple[int, float] = (1, 1.0)):
+        # slots: (units the executor runs at once, the share of the probe's speed each gets)
         self.rates, self.started, self.rows = rates, started, []
+        self.capacity, self.share = slots
 
     def _kind(self, plan: Plan, u) -> str:
         return plan.cfg.model(u.meta["model"]).kind if "model" in u.meta else ""
@@ -81,12 +84,24 @@ class Clock:
             return self.ratio() if group is not None else 1.0
         return min(max(act / est, CALIBRATION[0]), CALIBRATION[1])
 
+    def expected(self, plan: Plan, u) -> float:
+        """Seconds of one unit on one of the executor's slots, before calibration."""
+        return estimate(plan, u, self.rates) / self.share
+
     def seconds(self, plan: Plan, u) -> float:
-        return estimate(plan, u, self.rates) * self.ratio((u.stage, self._kind(plan, u)))
+        return self.expected(plan, u) * self.ratio((u.stage, self._kind(plan, u)))
 
     def cost(self, plan: Plan, name: str) -> float:
-        """Expected seconds of a model's units (and the image caches it reads) not done yet."""
-        return sum(self.seconds(plan, u) for u in _model_units(plan, name) if not plan.store.is_done(u))
+        """Expected wall seconds of a model's units (and the image caches it reads) not done yet: each unit starts on
+        the first free one of the executor's slots once what it reads is done (list scheduling, in the order the
+        units run); with one slot, the sum of their seconds."""
+        todo = [u for u in model_targets(plan, name) if not plan.store.is_done(u)]
+        free, ends = [0.0] * self.capacity, {}
+        for u in todo:
+            slot = min(range(self.capacity), key=free.__getitem__)
+            start = max([free[slot]] + [ends[d] for d in plan.deps[u.key] if d in ends])
+            ends[u.key] = free[slot] = start + self.seconds(plan, u)
+        return max(ends.values(), default=0.0)
 
     def record(self, plan: Plan, units: list, model: str) -> None:
         """The units of this model that ran in this run (not reused), with what was expected of them."""
@@ -99,9 +114,10 @@ class Clock:
                 self.rows.append(
                     {
                         "unit": u.label,
+                        "key": u.key,
                         "model": model,
                         "group": (u.stage, self._kind(plan, u)),
-                        "estimated_s": round(estimate(plan, u, self.rates), 2),
+                        "estimated_s": round(self.expected(plan, u), 2),
                         "actual_s": m["seconds"],
                     }
                 )
@@ -146,6 +162,12 @@ def _started_variants(plan: Plan, spec: ModelSpec) -> list[int]:
     return sorted(found, reverse=True)
 
 
+def _part_done(plan: Plan, spec: ModelSpec) -> bool:
+    """Some of the model's own units are done and some not, or an earlier run started a shrunk variant of it."""
+    done = [plan.store.is_done(u) for u in plan.units if u.meta.get("model") == spec.name]
+    return (any(done) and not all(done)) or (spec.kind == "finetune" and bool(_started_variants(plan, spec)))
+
+
 def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None = None) -> Config:
     """The config of a recipe: these models only (their units keep their keys), no probe (it has run)."""
     out = dataclasses.replace(cfg, models=list(specs))
@@ -173,8 +195,10 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     reserve = min(max(RESERVE[0] * total, RESERVE[1]), RESERVE[2])
     prepare_outputs(plan)
     ensure_done(plan, plan.all("probe") + plan.all("folds"))
-    clock = Clock(plan.load(plan.one("probe")), started)
-    candidates, taken, complete, ran = list(cfg.models), [], [], set()
+    clock = Clock(plan.load(plan.one("probe")), started, chosen_class(plan).slots(plan))
+    # a model an earlier run left part-done goes first: its missing folds before anything new (stable otherwise)
+    candidates = sorted(cfg.models, key=lambda s: not _part_done(plan, s))
+    taken, complete, ran = [], [], set()
     while candidates:
         left = MARGIN * (deadline - time.time()) - reserve
         picks = ((spec, fit(cfg, plan, spec, clock, left)) for spec in candidates)
@@ -204,10 +228,11 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     plan2 = build_plan(with_models(cfg, complete, left_out), plan.stages)
     run_stages(plan2, [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)],
                **options)  # fmt: skip
-    _account(plan, cfg, clock, started, total, taken, complete, candidates)
+    _account(plan, cfg, clock, started, total, taken, complete, candidates, {u.key for u in plan2.units})
 
 
-def _account(plan, cfg, clock: Clock, started: float, total: float, taken, complete, candidates) -> None:
+def _account(plan, cfg, clock: Clock, started: float, total: float, taken, complete, candidates,
+             submitted: set[str]) -> None:  # fmt: skip
     """budget.json and the console's last lines: what ran, what it was expected to take, where the time went."""
     spent = time.time() - started
     names = [s.name for s in complete]
@@ -218,9 +243,15 @@ def _account(plan, cfg, clock: Clock, started: float, total: float, taken, compl
         "shrunk": {s.name: s.epochs for s in taken if s.name not in {m.name for m in cfg.models}},
         "calibration": {f"{k[0]}/{k[1]}" if k[1] else k[0]: round(clock.ratio(k), 2)
                         for k in sorted({r["group"] for r in clock.rows})},
-        "seconds_per_model": per_model, "units": [{k: v for k, v in r.items() if k != "group"} for r in clock.rows],
+        "seconds_per_model": per_model,
+        # submitted: the unit is read by the submission (a shared features unit or image cache counts for every model)
+        "units": [{**{k: v for k, v in r.items() if k not in ("group", "key")}, "submitted": r["key"] in submitted}
+                  for r in clock.rows],
+        "submitted_s": round(sum(r["actual_s"] for r in clock.rows if r["key"] in submitted), 1),
     })  # fmt: skip
     est, act = sum(r["estimated_s"] for r in clock.rows), sum(r["actual_s"] for r in clock.rows)
     log("budget", f"spent {spent:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s, estimated {est:.0f}s")
     used = ", ".join(f"{n} {s:.0f}s" + ("" if n in names else " (not submitted)") for n, s in per_model.items())
     log("budget", f"where it went: {used}")
+    on = sum(r["actual_s"] for r in clock.rows if r["key"] in submitted)
+    log("budget", f"{on:.0f}s ({on / total:.0%} of the budget) went to units the submission reads")

@@ -66,6 +66,12 @@ class Executor(ABC):
     def close(self, abort: bool = False) -> None:  # noqa: B027 - optional: an executor without workers has none
         """Stop the workers; `abort` (Ctrl-C, an error) at once: their units resume next time."""
 
+    @classmethod
+    def slots(cls, plan: Plan) -> tuple[int, float]:
+        """(units it will run at once, the share of this process's speed each gets: its share of the cores on a
+        CPU, 1.0 with a GPU each), without starting anything: what the budget planner's estimates assume."""
+        return 1, 1.0
+
 
 class LocalExecutor(Executor):
     """Units one after another in this process (the default on a CPU machine)."""
@@ -108,12 +114,16 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def make_executor(plan: Plan) -> Executor:
+def chosen_class(plan: Plan) -> type[Executor]:
     rt = plan.cfg.runtime
     kind = rt.executor
     if kind == "auto":
         kind = "processes" if rt.device != "cpu" and len(visible_gpus()) > 1 else "local"
-    cls = executor_class(kind)
+    return executor_class(kind)
+
+
+def make_executor(plan: Plan) -> Executor:
+    cls = chosen_class(plan)
     if cls is not LocalExecutor:
         publish_plan(plan)
     return cls(plan)

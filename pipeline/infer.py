@@ -249,26 +249,37 @@ class Normalizer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
-def embed(model: torch.nn.Module, x: torch.Tensor, levels: list[int] | None = None, grid: int = 1) -> torch.Tensor:
+def embed(model: torch.nn.Module, x: torch.Tensor, levels: list[int] | None = None,
+          grid: int | tuple[int, ...] = 1) -> torch.Tensor:  # fmt: skip
     """Pooled activations of a frozen timm backbone: its pre-logits features (levels None), or the global average of
     each of timm's feature levels in `levels` (indices into model.feature_info), concatenated. With grid > 1 each map
     (the last feature map when levels is None) is averaged over grid x grid cells instead, flattened channel-major:
-    (B, sum of C x grid x grid)."""
+    (B, sum of C x grid x grid). A tuple of grids pools the same forward pass once per grid, concatenated in order
+    (what the features stage stores: one forward for every grid a model may read)."""
     if levels is None:
-        if grid == 1:
-            return model.forward_head(model.forward_features(x), pre_logits=True)
-        maps = [model.forward_features(x)]
+        last = model.forward_features(x)
+        maps = [last]
     else:
         maps = model.forward_intermediates(x, indices=levels, intermediates_only=True, stop_early=True)
-    if grid == 1:
-        return torch.cat([t.mean((2, 3)) for t in maps], 1)
-    return torch.cat([torch.nn.functional.adaptive_avg_pool2d(t.float(), grid).flatten(1) for t in maps], 1)
+    out = []
+    for g in (grid,) if isinstance(grid, int) else grid:
+        if g == 1 and levels is None:
+            y = model.forward_head(last, pre_logits=True)
+        elif g == 1:
+            y = torch.cat([t.mean((2, 3)) for t in maps], 1)
+        elif any(t.ndim != 4 for t in maps):
+            raise ValueError(f"a {g} x {g} grid needs 2-D feature maps (B, C, H, W); this backbone's are of shape "
+                             f"{tuple(maps[0].shape)}: use feature_levels, or grid 1")  # fmt: skip
+        else:
+            y = torch.cat([torch.nn.functional.adaptive_avg_pool2d(t.float(), g).flatten(1) for t in maps], 1)
+        out.append(y.float())
+    return out[0] if len(out) == 1 else torch.cat(out, 1)
 
 
 @torch.no_grad()
 def forward_views(model: torch.nn.Module, x: torch.Tensor, views: list[str], img_size: int, amp: bool,
-                  channels_last: bool, features: bool = False, levels: list[int] | None = None, grid: int = 1,
-                  max_batch: int | None = None) -> np.ndarray:  # fmt: skip
+                  channels_last: bool, features: bool = False, levels: list[int] | None = None,
+                  grid: int | tuple[int, ...] = 1, max_batch: int | None = None) -> np.ndarray:  # fmt: skip
     """x: one normalised batch (B, C, S, S) on the model's device -> (V, B, K) float32: class probabilities (softmax
     of the logits), or K features (embed). On CUDA all views of a batch are stacked into one forward (chunks of up to
     1024 images); on CPU one view at a time (a 640-image stacked batch ran at 0.65x ten 64-image ones on 2 cores)."""

@@ -51,12 +51,23 @@ class ProcessesExecutor(Executor):
     name = "processes"
     echo = False
 
-    def __init__(self, plan: Plan):
+    @staticmethod
+    def _layout(plan: Plan) -> tuple[int, int, list[str]]:
+        """(workers, cores each, GPUs)"""
         rt = plan.cfg.runtime
         cores = os.cpu_count() or 1
         gpus = visible_gpus() if rt.device != "cpu" else []
         n = rt.workers or (len(gpus) if gpus else min(cores, 4))
-        cpus = max(1, cores // n)
+        return n, max(1, cores // n), gpus
+
+    @classmethod
+    def slots(cls, plan: Plan) -> tuple[int, float]:
+        n, cpus, gpus = cls._layout(plan)
+        return n, 1.0 if gpus else min(1.0, cpus / (os.cpu_count() or 1))
+
+    def __init__(self, plan: Plan):
+        rt = plan.cfg.runtime
+        n, cpus, gpus = self._layout(plan)
         self.envs = [worker_env(cpus, rt.threads or cpus, gpus[i % len(gpus)] if gpus else None) for i in range(n)]
         self.capacity = n
         self.describe = f"{n} worker processes, " + (f"GPUs {gpus}" if gpus else f"{cpus} core(s) each")

@@ -24,11 +24,14 @@ class ModelRates:
     n_train: int
     n_test: int
     train_rate: float | None  # training images/s (None for kinds on cached features: the probe does not train them)
+    dim: int | None  # features per image a kind on features reads (at its grid); None: not probed
+    n_classes: int
 
     def sizes(self) -> dict:
         """What a kind's `estimate` reads (kinds/base.py)."""
         return {"n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test, "views": self.views,
-                "setup": self.setup, "fwd": self.fwd, "train_rate": self.train_rate}  # fmt: skip
+                "setup": self.setup, "fwd": self.fwd, "train_rate": self.train_rate, "dim": self.dim,
+                "n_classes": self.n_classes}  # fmt: skip
 
 
 def model_rates(plan, unit, rates: dict) -> ModelRates:
@@ -36,6 +39,8 @@ def model_rates(plan, unit, rates: dict) -> ModelRates:
     comp, spec = plan.comp, plan.cfg.model(unit.meta["model"])
     n_train = len(comp.train)
     n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
+    dim = rates.get("dims", {}).get(candidate(spec))
     return ModelRates(spec, rates["eval"][candidate(spec)], rates["setup_s"][candidate(spec)],
                       len(views_for(plan.cfg.predict.views)), n_val, n_train, len(comp.test_ids),
-                      rates["train"].get(candidate(spec, True)))  # fmt: skip
+                      rates["train"].get(candidate(spec, True)),
+                      dim and dim * spec.feature_grid**2, comp.n_classes)  # fmt: skip

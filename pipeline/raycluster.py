@@ -13,6 +13,7 @@ node that sees other files fails with its host named. Ray is imported when this 
 from __future__ import annotations
 
 import os
+import sys
 
 from .app import run_unit
 from .attempt import Result, set_threads
@@ -40,6 +41,15 @@ def task_env() -> dict[str, str]:
 class RayExecutor(Executor):
     name = "ray"
     echo = False
+
+    @classmethod
+    def slots(cls, plan: Plan) -> tuple[int, float]:
+        """From the cluster when this process joined one; else the local cluster ray.init() would start."""
+        ray = sys.modules.get("ray")
+        res = ray.cluster_resources() if ray is not None and ray.is_initialized() else {"CPU": os.cpu_count() or 1}
+        cpus, gpus, threads = int(res.get("CPU", 1)), int(res.get("GPU", 0)), plan.cfg.runtime.threads
+        per_unit = threads or (max(1, cpus // gpus) if gpus else 1)
+        return max(1, cpus // per_unit), 1.0 if gpus else min(1.0, per_unit / (os.cpu_count() or 1))
 
     def __init__(self, plan: Plan):
         import ray  # heavy and optional: only when this executor is chosen

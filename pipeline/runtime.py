@@ -110,7 +110,7 @@ def run_views(
     amp: bool,
     features: bool = False,
     levels: list[int] | None = None,
-    grid: int = 1,
+    grid: int | tuple[int, ...] = 1,
     desc: str = "",
     show: bool = False,
     max_batch: int | None = None,

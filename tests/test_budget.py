@@ -35,6 +35,10 @@ def test_budget_fills_its_time_shrinks_a_rung_that_does_not_fit_and_a_rerun_reus
     assert small == plan["recipe"][1] == f"huge-e{epochs}" and 3 <= epochs < 100000, plan
     assert f"next: {small} (shrunk from 100000 epochs)" in out
     assert any(u["unit"].startswith(f"train/{small}/") for u in plan["units"])  # its units ran, named for it
+    # each unit says whether the submission reads it: a left-out model's units do not count as spent on it
+    for u in plan["units"]:
+        if u["unit"].split("/")[0] not in ("images", "folds"):  # shared: read by whichever model
+            assert u["submitted"] == (u["model"] in plan["complete"]), u
     assert wall <= 120 * 1.1, wall
     (manifest,) = [json.loads(p.read_text()) for p in (tmp / "submissions").glob("*.json")]
     assert manifest["models"][0] == "head" and sorted(manifest["models"] + manifest["left_out"]) == sorted(

@@ -28,9 +28,9 @@ def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
     channels = [f["num_chs"] for f in model.feature_info]
     stored = plan.load(plan.one("features", model="mid", split="train"))
     assert list(stored["views"]) == ["center", "center_hflip"]
-    assert stored["feats"].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
+    assert stored["feats"][1].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
     last = plan.load(plan.one("features", model="last", split="train"))
-    assert last["feats"].shape[-1] == model.num_features  # unset: the pooled pre-logits, as before levels existed
+    assert last["feats"][1].shape[-1] == model.num_features  # unset: the pooled pre-logits, as before levels existed
     # row k of the stored centre view is image k, pooled per level: recompute a few on their own
     prep = preprocessing(spec)
     images = np.load(plan.load(plan.images("train", spec)))
@@ -43,7 +43,7 @@ def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
             inter = model.forward_intermediates(x, indices=LEVELS, intermediates_only=True)
             want = torch.cat([t.mean((2, 3)) for t in inter], 1)[0]
             assert torch.allclose(embed(model, x, LEVELS)[0], want)
-        np.testing.assert_allclose(stored["feats"][0, k], want.numpy(), atol=1e-4)
+        np.testing.assert_allclose(stored["feats"][1][0, k], want.numpy(), atol=1e-4)
     ensure_done(plan, plan.all("train"))  # heads fit on them like on any features
     assert all(plan.store.is_done(u) for u in plan.all("train"))
 
@@ -56,18 +56,24 @@ def test_bad_feature_levels_name_the_model_and_the_range(tmp):
         load_config(write_config(tmp, "csv", models=[{**head(feature_levels=[1]), "kind": "finetune"}]))
 
 
-def test_feature_grid_keeps_where_things_are(tmp):
+def test_feature_grid_keeps_where_things_are_and_every_grid_comes_from_one_forward_pass(tmp):
     models = [head(feature_levels=LEVELS, feature_grid=2), head(name="global", feature_levels=LEVELS)]
     plan = build_plan(load_config(write_config(tmp, "csv", models=models)))
-    # grid 1: the key it had before
-    assert plan.one("features", model="global", split="train").params.get("grid") is None
+    # one features unit per split serves the grid head and the globally pooled one: one forward pass, not two
+    for split in ("train", "test"):
+        (unit,) = plan.all("features", split=split)
+        assert unit.meta["models"] == ["mid", "global"]
+    # a plan of the global head alone (as the budget planner builds one model at a time) reads the same unit
+    alone = build_plan(load_config(write_config(tmp, "csv", models=[models[1]])))
+    assert alone.one("features", split="train").key == plan.one("features", split="train").key
     ensure_done(plan, plan.all("features"))
     spec = plan.cfg.models[0]
     torch.manual_seed(0)
     model = create_model(spec, plan.comp.n_classes).eval()
     stored = plan.load(plan.one("features", model="mid", split="train"))
     channels = [f["num_chs"] for f in model.feature_info]
-    assert stored["feats"].shape == (2, len(plan.comp.train), 4 * (channels[1] + channels[-1]))
+    assert stored["feats"][2].shape == (2, len(plan.comp.train), 4 * (channels[1] + channels[-1]))
+    assert stored["feats"][1].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
     prep = preprocessing(spec)
     images = np.load(plan.load(plan.images("train", spec)))
     off = (prep["cache_size"] - spec.img_size) // 2
@@ -81,6 +87,11 @@ def test_feature_grid_keeps_where_things_are(tmp):
                 for i in range(2) for j in range(2)]  # fmt: skip
     # level 1's cells, channel-major: channel c's top-left, top-right, bottom-left, bottom-right means
     want = torch.stack(quarters, -1).flatten(1)[0]
-    np.testing.assert_allclose(stored["feats"][0, 3, : 4 * channels[1]], want.numpy(), atol=1e-4)
+    np.testing.assert_allclose(stored["feats"][2][0, 3, : 4 * channels[1]], want.numpy(), atol=1e-4)
+    # the global head's columns are the same forward pass averaged over the whole map
+    np.testing.assert_allclose(stored["feats"][1][0, 3], torch.cat([t.mean((2, 3)) for t in inter], 1)[0], atol=1e-4)
+    # the two heads learn different things from it: their train units' keys differ, and both fit
+    assert plan.one("train", model="mid", fold=0).key != plan.one("train", model="global", fold=0).key
+    ensure_done(plan, plan.all("train"))
     with pytest.raises(ConfigError, match=r"models\[0\]\.feature_grid': for the kinds on cached features only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_grid=2), "kind": "finetune"}]))

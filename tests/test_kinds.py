@@ -100,16 +100,16 @@ def test_knn_predictions_are_a_cosine_vote_with_k_from_the_training_rows_only(kn
         # leave-one-out on the fit rows alone chose k: it does not move when the held-out fold's labels are wrong
         y_wrong = y.copy()
         y_wrong[folds == fold] = (y_wrong[folds == fold] + 1) % n_classes
-        x = feats["feats"][feats["views"].index("center")].astype(np.float64)
+        x = feats["feats"][1][feats["views"].index("center")].astype(np.float64)
         ref = knn_kind.unit_rows(x[fit_rows], x[fit_rows].mean(0))
         assert knn_kind.choose_k(ref, y_wrong[fit_rows], n_classes)[0] == k
         preds = plan.load(plan.one("predict", model="knn", fold=fold))
         for v, view in enumerate(preds["views"]):
             i = feats["views"].index(view)
-            want = brute_force_knn(x, y, fit_rows, feats["feats"][i][preds["oof_rows"]].astype(np.float64), k,
+            want = brute_force_knn(x, y, fit_rows, feats["feats"][1][i][preds["oof_rows"]].astype(np.float64), k,
                                    n_classes)  # fmt: skip
             np.testing.assert_allclose(preds["oof_probs"][v], want, atol=1e-6)
-            want = brute_force_knn(x, y, fit_rows, test_feats["feats"][i].astype(np.float64), k, n_classes)
+            want = brute_force_knn(x, y, fit_rows, test_feats["feats"][1][i].astype(np.float64), k, n_classes)
             np.testing.assert_allclose(preds["test_probs"][v], want, atol=1e-6)
         assert preds["oof_probs"].min() > 0  # the even vote: log loss stays finite
 
@@ -127,7 +127,7 @@ def test_knn_is_blended_and_reported_and_export_refuses_it_by_name(knn_run):
 def test_the_logistic_regression_applies_as_infer_does_and_gives_an_absent_class_no_mass(knn_run):
     _, plan = knn_run
     feats = plan.load(plan.one("features", split="train"))
-    x = feats["feats"][feats["views"].index("center")].astype(np.float64)
+    x = feats["feats"][1][feats["views"].index("center")].astype(np.float64)
     y = plan.comp.train["y"].to_numpy()
     fit = y != 2  # class 2 absent from the fit rows
     lr = StandardLogReg(3, c=0.3, max_iter=3000, seed=0).fit(x[fit], y[fit])

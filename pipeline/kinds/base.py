@@ -76,14 +76,24 @@ def features_unit(plan, spec, split: str):
     return unit
 
 
-def centre_features(feats: dict) -> np.ndarray:
+def grid_features(feats: dict, grid: int) -> np.ndarray:
+    """(V, n, D) float32: a features unit's arrays pooled over this grid (the model's `feature_grid`)."""
+    try:
+        return feats["feats"][grid]
+    except KeyError:
+        raise ValueError(
+            f"the features unit holds no {grid} x {grid} grid (this backbone's maps are tokens?)"
+        ) from None
+
+
+def centre_features(feats: dict, grid: int) -> np.ndarray:
     """(n, D) float64: the centre view of a features unit's arrays, the view every kind on features fits on."""
-    return feats["feats"][feats["views"].index("center")].astype(np.float64)
+    return grid_features(feats, grid)[feats["views"].index("center")].astype(np.float64)
 
 
-def view_features(feats: dict, views: list[str], rows=slice(None)) -> np.ndarray:
+def view_features(feats: dict, grid: int, views: list[str], rows=slice(None)) -> np.ndarray:
     """(V, n, D) float64: the views asked for, in their order, of these rows."""
-    return feats["feats"][[feats["views"].index(v) for v in views]][:, rows].astype(np.float64)
+    return grid_features(feats, grid)[[feats["views"].index(v) for v in views]][:, rows].astype(np.float64)
 
 
 def fold_split(plan, unit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -78,13 +78,14 @@ class Knn(OnFeatures):
     exportable = False  # a bundle would need the train features: export refuses it, naming the model
 
     def key(self, plan, spec) -> dict:
-        # what the features unit holds (backbone, weights, size, levels, grid, views) is in its key, an input
-        return {"kind": self.name, "k_grid": list(K_GRID), "metric": plan.cfg.competition.metric,
-                "n_classes": plan.comp.n_classes}  # fmt: skip
+        # what the features unit holds (backbone, weights, size, levels, views) is in its key, an input; which of
+        # its grids the model reads is not
+        return {"kind": self.name, "grid": spec.feature_grid, "k_grid": list(K_GRID),
+                "metric": plan.cfg.competition.metric, "n_classes": plan.comp.n_classes}  # fmt: skip
 
     def train(self, plan, unit, out: Path, ctx=None) -> dict:
-        n_classes = plan.comp.n_classes
-        x = centre_features(plan.load_input(unit, "features"))
+        n_classes, grid = plan.comp.n_classes, plan.cfg.model(unit.meta["model"]).feature_grid
+        x = centre_features(plan.load_input(unit, "features"), grid)
         y, tr, va = fold_split(plan, unit)
         mean = x[tr].mean(0)
         ref = unit_rows(x[tr], mean)
@@ -103,11 +104,12 @@ class Knn(OnFeatures):
 
     def predict(self, plan, unit, views: list[str], va_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, n_classes = plan.load_input(unit, "model")["knn"], plan.comp.n_classes
+        grid = plan.cfg.model(unit.meta["model"]).feature_grid
         train, test = plan.load_input(unit, "train_features"), plan.load_input(unit, "test_features")
-        ref = unit_rows(centre_features(train)[m["rows"]], m["mean"])
+        ref = unit_rows(centre_features(train, grid)[m["rows"]], m["mean"])
         k = int(m["k"][0])
-        oof = predict_rows(view_features(train, views, va_rows), ref, m["y"], k, m["mean"], n_classes)
-        return oof, predict_rows(view_features(test, views), ref, m["y"], k, m["mean"], n_classes)
+        oof = predict_rows(view_features(train, grid, views, va_rows), ref, m["y"], k, m["mean"], n_classes)
+        return oof, predict_rows(view_features(test, grid, views), ref, m["y"], k, m["mean"], n_classes)
 
     def estimate(self, stage: str, spec, sizes: dict) -> float:
         n_fit = sizes["n_train"] - sizes["n_val"]

@@ -1,10 +1,13 @@
 """features: a frozen pretrained backbone's pooled activations (pre-logits, or the pooled feature levels the model
 spec names), computed once per TTA view for every image of a split and stored on disk, for the models whose kind
-fits on features (`kind: head`, a softmax; `kind: knn`, a nearest-neighbour vote: seconds each). One unit per model
-and split: a new test set recomputes the test features only, and never refits them (their keys read the train
-features alone).
+fits on features (`kind: head`, a softmax; `kind: knn`, a nearest-neighbour vote: seconds each). One unit per
+backbone, weights, size, preprocessing, levels and split, whatever the models that read it: one forward pass is
+pooled over the whole image and over a 2 x 2 grid (and the grid a model asks for, when another), so a globally pooled
+head and a grid head on the same backbone never compute it twice. A new test set recomputes the test features only,
+and never refits them (their keys read the train features alone).
 
-Output `features.npz`: `views` (V,) and `feats` (V, n, D) float32, rows in the split's table order.
+Output `features.npz`: `views` (V,), `grids` (G,) and per grid g `feats_g<g>` (V, n, D_g) float32, rows in the
+split's table order.
 """
 
 from __future__ import annotations
@@ -12,9 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import kinds
 from ..data import ImageDataset
+from ..infer import embed
 from ..models import check_levels, preprocessing, weights_id
 from ..rates import model_rates
 from ..runtime import make_loader, prepare_model, run_views
@@ -23,7 +28,8 @@ from ..store import Unit, atomic_savez
 from ..tta import views_for
 
 NAME = "features"
-VERSION = 2  # 2: one unit per split
+VERSION = 3  # 2: one unit per split; 3: every grid of one forward pass in one unit
+GRIDS = (1, 2)  # pooled from every forward pass: the grids the ladder's heads read
 PARTIAL = None
 IMPLICIT = False
 
@@ -39,8 +45,7 @@ def units(plan) -> list[Unit]:
                   "img_size": spec.img_size, "prep": preprocessing(spec)}  # fmt: skip
         if spec.feature_levels is not None:  # unset: the key it had before levels existed
             params["levels"] = spec.feature_levels
-        if spec.feature_grid != 1:
-            params["grid"] = spec.feature_grid
+        params["grids"] = grids_for(spec)
         for split in ("train", "test"):
             inputs = {"images": plan.images(split, spec).key}
             unit = Unit(NAME, f"{spec.name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
@@ -63,13 +68,16 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cache = plan.load_input(unit, "images")
     n = len(plan.comp.sources(split))
     loader = make_loader(ImageDataset(cache, np.arange(n)), cfg.predict.batch_size, rt.num_workers, device)
+    grids = _poolable(model, cfg, spec, unit, device)
     rows, feats = run_views(model, loader, views, spec.img_size, norm, rt.amp, features=True,
-                            levels=spec.feature_levels, grid=spec.feature_grid, desc=unit.name,
+                            levels=spec.feature_levels, grid=tuple(grids), desc=unit.name,
                             show=rt.progress)  # fmt: skip
     placed = np.empty_like(feats)
     placed[:, rows] = feats  # rows travel with the batches: place each by its row index
-    atomic_savez(out / "features.npz", views=np.array(views), feats=placed.astype(np.float32))
-    return {"outputs": ["features.npz"], "scores": {"dim": int(placed.shape[-1])}}
+    parts = np.split(placed.astype(np.float32), np.cumsum(list(grids.values()))[:-1], axis=-1)  # the grids' columns
+    atomic_savez(out / "features.npz", views=np.array(views), grids=np.array(grids),
+                 **{f"feats_g{g}": p for g, p in zip(grids, parts)})  # fmt: skip
+    return {"outputs": ["features.npz"], "scores": {f"dim_g{g}": int(p.shape[-1]) for g, p in zip(grids, parts)}}
 
 
 def estimate(plan, unit: Unit, rates: dict) -> float:
@@ -77,7 +85,39 @@ def estimate(plan, unit: Unit, rates: dict) -> float:
     return r.setup + len(plan.comp.sources(unit.meta["split"])) * r.views / r.fwd
 
 
+def _poolable(model, cfg, spec, unit: Unit, device) -> dict[int, int]:
+    """{grid: its width} of the unit's grids this backbone can pool (timed on one blank image): a grid no model asks
+    for is skipped on a backbone whose last features are tokens, not a 2-D map; a model asking for one is an error."""
+    x, widths = torch.zeros(1, 3, spec.img_size, spec.img_size, device=device), {}
+    wanted = {cfg.model(m).feature_grid for m in unit.meta["models"]}
+    with torch.no_grad():
+        for g in unit.params["grids"]:
+            try:
+                widths[g] = int(embed(model, x, spec.feature_levels, g).shape[1])
+            except ValueError as e:
+                if g in wanted:
+                    raise ValueError(f"model {spec.name} ({spec.backbone}): feature_grid {g}: {e}") from None
+    return widths
+
+
+def grids_for(spec) -> list[int]:
+    """The grids a model's features unit pools: GRIDS and the model's own (one unit for every model on it)."""
+    return sorted({*GRIDS, spec.feature_grid})
+
+
 def load(plan, unit: Unit) -> dict:
-    """{"views": [names], "feats": (V, n, D) float32} of the unit's split."""
+    """{"views": [names], "feats": {grid: (V, n, D_grid) float32}} of the unit's split (each grid read on first use)."""
     d = np.load(plan.store.dir(unit) / "features.npz")
-    return {"views": [str(v) for v in d["views"]], "feats": d["feats"]}
+    return {"views": [str(v) for v in d["views"]], "feats": _Grids(d)}
+
+
+class _Grids(dict):
+    """{grid: array} read from the npz when first asked for: a head reads one grid of several."""
+
+    def __init__(self, npz):
+        super().__init__()
+        self.npz = npz
+
+    def __missing__(self, grid: int) -> np.ndarray:
+        self[grid] = self.npz[f"feats_g{grid}"]
+        return self[grid]

@@ -7,7 +7,8 @@ expected seconds of every unit. Cached like any unit: its key holds the candidat
 (processor, torch threads, device), so a second run on the same machine reuses it.
 
 Output `probe.json`: {"decode_s": seconds per image, "setup_s": {candidate: seconds to build the model and run a
-first batch}, "eval": {candidate: images/s}, "train": {candidate: images/s}}.
+first batch}, "eval": {candidate: images/s}, "train": {candidate: images/s}, "dims": {candidate: features per image
+pooled over the whole image, for the kinds on features}}.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from pathlib import Path
 import torch
 
 from .. import kinds
-from ..infer import load_resized
+from ..infer import embed, load_resized
 from ..rates import candidate
 from ..runtime import amp_context, pick_device, prepare_model
 from ..stage import RunContext
 from ..store import Unit, atomic_write_json
 
 NAME = "probe"
-VERSION = 1
+VERSION = 2  # 2: dims
 PARTIAL = None
 IMPLICIT = True
 REPORTED = False  # what a machine measured is not a result: the report's key stays the same on every machine
@@ -66,7 +67,7 @@ def _timed(fn, device) -> float:
 
 def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     cfg, rt = plan.cfg, plan.cfg.runtime
-    result = {"eval": {}, "train": {}, "setup_s": {}}
+    result = {"eval": {}, "train": {}, "setup_s": {}, "dims": {}}
     sources = plan.comp.sources("train")[:32]
     t0 = time.perf_counter()
     for s in sources:
@@ -90,6 +91,9 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
 
         forward()
         result["setup_s"][key] = time.perf_counter() - t_setup
+        if kinds.reads_features(spec.kind):  # what a head's fit costs grows with it
+            with torch.no_grad():
+                result["dims"][key] = int(embed(model, x[:1], spec.feature_levels, 1).shape[1])
         result["eval"][key] = EVAL_BATCH / _timed(forward, device)
         if kind.probe_train:
             xb = x[: spec.batch_size]

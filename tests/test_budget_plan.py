@@ -1,0 +1,65 @@
+"""The budget planner's arithmetic on real plans and a real probe: a model's expected time counts the units the
+executor runs at once (and the share of the cores each gets), and a model an earlier run left part-done is taken
+first, so its missing folds finish before anything new starts."""
+
+import json
+import os
+
+import pytest
+
+from pipeline.app import build_plan
+from pipeline.budget import Clock, estimate, model_targets
+from pipeline.config import load_config
+from pipeline.models import create_model
+from pipeline.pool import ProcessesExecutor
+from pipeline.scheduler import ensure_done
+
+from .conftest import run_cli, write_config
+
+HEADS = [
+    {"name": "a", "backbone": "test_efficientnet", "weights": "none", "kind": "head"},
+    {"name": "b", "backbone": "test_efficientnet", "weights": "none", "kind": "head", "img_size": 40},
+]
+
+
+def test_a_models_expected_time_counts_what_the_executor_runs_at_once(tmp):
+    grid2 = {**HEADS[0], "name": "a2", "feature_grid": 2}
+    plan = build_plan(load_config(write_config(tmp, "csv", models=[HEADS[0], grid2], runtime={"budget": "600s"})))
+    ensure_done(plan, plan.all("probe") + plan.all("folds"))
+    rates = plan.load(plan.one("probe"))
+    # the probe says how wide the features are; a 2 x 2 grid's head fits 4x the features, and is expected to take longer
+    model = create_model(plan.cfg.models[0], plan.comp.n_classes)
+    assert rates["dims"] == {"test_efficientnet@32": model.num_features}
+    fit = {m: estimate(plan, plan.one("train", model=m, fold=0), rates) for m in ("a", "a2")}
+    assert fit["a2"] - 0.2 == pytest.approx(4 * (fit["a"] - 0.2))
+    todo = [u for u in model_targets(plan, "a") if not plan.store.is_done(u)]
+    serial = Clock(rates, 0.0)
+    one_at_a_time = sum(serial.seconds(plan, u) for u in todo)
+    assert serial.cost(plan, "a") == pytest.approx(one_at_a_time)
+    # two slots at full speed (two GPUs): the two splits' features, then the folds' heads, run side by side
+    two = Clock(rates, 0.0, (2, 1.0)).cost(plan, "a")
+    assert one_at_a_time / 2 <= two < 0.8 * one_at_a_time
+    # two workers that split the cores: each unit takes twice as long, so nothing is gained over one at a time
+    halves = Clock(rates, 0.0, (2, 0.5)).cost(plan, "a")
+    assert halves == pytest.approx(2 * two) and halves >= one_at_a_time * 0.999
+
+
+def test_the_processes_executor_says_its_slots_without_starting_workers(tmp):
+    cores = os.cpu_count() or 1
+    runtime = {"executor": "processes", "workers": 2, "device": "cpu"}
+    plan = build_plan(load_config(write_config(tmp, "csv", models=HEADS[:1], runtime=runtime)))
+    assert ProcessesExecutor.slots(plan) == (2, min(1.0, (max(1, cores // 2)) / cores))
+    assert not (plan.store.root / "plans").exists()  # nothing was started or published
+
+
+def test_a_model_left_part_done_is_finished_before_anything_new_starts(tmp):
+    cfg = write_config(tmp, "csv", models=HEADS)
+    plan = build_plan(load_config(cfg))
+    ensure_done(plan, [plan.one("train", model="b", fold=0)])  # an earlier run stopped after b's first fold
+    out = run_cli("all", "--config", str(cfg), "--budget", "600s").stdout
+    recipe = json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())["recipe"]
+    assert recipe == ["b", "a"], (recipe, out)
+    assert out.index("next: b") < out.index("next: a")
+    # both submitted: every unit that ran is one the submission reads, the shared image caches and folds included
+    units = json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())["units"]
+    assert units and all(u["submitted"] for u in units), units
