@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -14,6 +15,7 @@ from safetensors.numpy import load_file
 
 from pipeline.app import build_plan
 from pipeline.config import ConfigError, load_config
+from pipeline.export import export
 from pipeline.kinds import snapshots
 from pipeline.scheduler import ensure_done
 
@@ -70,6 +72,16 @@ def test_snapshot_members_are_their_epochs_and_blended(tmp):
     report = plan.load(plan.one("blend"))["report"]
     assert report["models"] == members and set(report["weights"]) == set(members)
     assert plan.load(plan.one("submit"))["submission"].is_file()
+    # the offline bundle carries every member: its predict.py gives the blend's test probabilities
+    bundle = export(plan, None, str(tmp / "bundle"), half=False)
+    recipe = json.loads((bundle / "recipe.json").read_text())
+    assert [m["name"] for m in recipe["models"]] == members and all(len(m["members"]) == 3 for m in recipe["models"])
+    comp = tmp / "comp-csv"
+    subprocess.run([sys.executable, "-I", "predict.py", "--images", str(comp / "test"), "--sample",
+                    str(comp / "sample_submission.csv"), "--out", str(tmp / "sub.csv"), "--probs", str(tmp / "p.npy")],
+                   cwd=bundle, check=True, capture_output=True, env={"PATH": "/usr/bin:/bin"})  # fmt: skip
+    want = plan.load(plan.one("blend"))["test_probs"]
+    np.testing.assert_allclose(np.load(tmp / "p.npy"), want, atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow
