@@ -206,10 +206,28 @@ def _check_kind(spec: ModelSpec, where: str) -> None:
     if spec.feature_grid != 1 and not kinds.reads_features(spec.kind):
         raise ConfigError(f"config key '{where}.feature_grid': for the kinds on cached features only "
                           f"({', '.join(on_features)}); got {spec.feature_grid} on kind {spec.kind}")  # fmt: skip
+    _check_snapshots(spec, where)
     if spec.feature_levels is not None and (not kinds.reads_features(spec.kind) or not spec.feature_levels):
         raise ConfigError(f"config key '{where}.feature_levels': a non-empty list of feature levels, for the kinds "
                           f"on cached features only ({', '.join(on_features)}); got {spec.feature_levels!r} on kind "
                           f"{spec.kind}")  # fmt: skip
+
+
+def _check_snapshots(spec: ModelSpec, where: str) -> None:
+    """Snapshots need a kind with epochs, and as many epochs besides the best as they keep, early stopping included
+    (it stops after `patience` epochs without a better one, so at least patience + 1 epochs run)."""
+    n = spec.snapshots
+    if not n:
+        return
+    if spec.kind not in kinds.SNAPSHOTS:
+        raise ConfigError(f"config key '{where}.snapshots': for the kinds that train in epochs only "
+                          f"({', '.join(sorted(kinds.SNAPSHOTS))}); got {n} on kind {spec.kind}")  # fmt: skip
+    if n >= spec.epochs:
+        raise ConfigError(f"config key '{where}.snapshots': {n} snapshots besides the best epoch need at least "
+                          f"{n + 1} epochs; got epochs: {spec.epochs}")  # fmt: skip
+    if spec.patience and n > spec.patience:
+        raise ConfigError(f"config key '{where}.snapshots': {n} is more than patience ({spec.patience}): early "
+                          f"stopping may end after {spec.patience + 1} epochs; keep snapshots <= patience")  # fmt: skip
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

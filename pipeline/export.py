@@ -24,6 +24,7 @@ from .config import resolve_path
 from .data import ImageDataset
 from .folding import fold_rows
 from .infer import POLICIES, blend_probs, linear_softmax, merge
+from .kinds.snapshots import member_weights
 from .metrics import score
 from .models import create_model, preprocessing
 from .plan import FULL, Plan, require_done
@@ -64,12 +65,13 @@ def find_submission(plan: Plan, name: str | None) -> Unit:
     return unit
 
 
-def members(plan: Plan, blend: Unit, model: str, refit: bool) -> list[tuple[Unit, Unit]]:
-    """(predict unit, train unit) of each member whose test predictions the blend averaged, in the blend's order."""
+def members(plan: Plan, blend: Unit, member: str, refit: bool) -> list[tuple[Unit, Unit]]:
+    """(predict unit, train unit) of each unit whose test predictions the blend averaged for a blend member (a model,
+    or a model's snapshot `<model>@snap<k>`), in the blend's order."""
     out = []
     for key in blend.inputs.values():
         p = plan.by_key[key]
-        if p.meta["model"] == model and (p.meta["fold"] == FULL) == refit:
+        if p.meta["member"] == member and (p.meta["fold"] == FULL) == refit:
             out.append((p, plan.input(p, "model")))
     return out
 
@@ -81,11 +83,17 @@ def _save(tensors: dict[str, torch.Tensor], path: Path, half: bool) -> None:
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
 
 
+def spec_of(plan: Plan, blend: Unit, member: str):
+    """The model spec of a blend member (a snapshot member is its model's)."""
+    return plan.cfg.model(next(p.meta["model"] for p in map(plan.by_key.get, blend.inputs.values())
+                               if p.meta["member"] == member))  # fmt: skip
+
+
 def model_entry(plan: Plan, blend: Unit, report: dict, name: str, out: Path, half: bool) -> dict:
-    """One model's recipe, its weights written under `out`."""
+    """One blend member's recipe (a model, or a model's snapshot: its own weights), its weights written under `out`."""
     import timm
 
-    spec, comp = plan.cfg.model(name), plan.comp
+    spec, comp = spec_of(plan, blend, name), plan.comp
     if not kinds.get(spec.kind).exportable:
         raise ExportError(f"model {name!r} is of kind {spec.kind}, which export cannot bundle (it predicts from the "
                           f"train features, which a bundle does not hold); blend without it to export (a config "
@@ -110,7 +118,7 @@ def model_entry(plan: Plan, blend: Unit, report: dict, name: str, out: Path, hal
             _save({k: torch.from_numpy(v) for k, v in loaded["head"].items()}, out / rel, half=False)
         else:
             rel = f"weights/{name}/{tag}.safetensors"
-            _save(loaded["state_dict"], out / rel, half)
+            _save(member_weights(loaded, p.params.get("snapshot", 0)), out / rel, half)
         entry["members"].append({"file": rel, "seed": seed, "fold": fold, "sha256": sha256_file(out / rel)})
     if spec.kind == "head":  # the frozen backbone the features came from: built as the features stage builds it
         rel = f"backbones/{spec.backbone}-{stable_hash([spec.weights, spec.backbone, comp.n_classes], 12)}.safetensors"
@@ -258,12 +266,12 @@ def _forward(plan: Plan, spec, views: list[str], state: dict, rows: np.ndarray, 
 def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
     """Each blended model's OOF (N, C) recomputed with its network weights rounded to fp16, its chosen views merged."""
 
-    cfg, comp = plan.cfg, plan.comp
+    comp = plan.comp
     n, c = len(comp.train), comp.n_classes
     folds = plan.load(plan.one("folds"))
     out = []
     for name in report["models"]:
-        spec = cfg.model(name)
+        spec = spec_of(plan, blend, name)
         policy, how = report["tta"][name]["chosen"].split("/")
         views = POLICIES[policy]
         per_seed: dict[int, np.ndarray] = {}
@@ -278,7 +286,7 @@ def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
                 h = plan.load(t)["head"]
                 probs = linear_softmax(feats[:, rows], h["coef"], h["intercept"], h["mean"], h["scale"])
             else:
-                probs = _forward(plan, spec, views, plan.load(t)["state_dict"], rows)
+                probs = _forward(plan, spec, views, member_weights(plan.load(t), p.params.get("snapshot", 0)), rows)
             acc = per_seed.setdefault(p.meta["seed"], np.zeros((len(views), n, c)))
             acc[:, rows] = probs.astype(np.float32)
         out.append(merge(np.mean(list(per_seed.values()), axis=0), how))

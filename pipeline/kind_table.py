@@ -16,3 +16,7 @@ KINDS = {
 def reads_features(name: str) -> bool:
     """Whether kind `name` fits on the features stage's cached embeddings (then that stage computes them)."""
     return KINDS[name][1] == "features"
+
+
+# kinds that train in epochs, ranked by a validation score: `models.snapshots` keeps the next-best epochs as members
+SNAPSHOTS = {"finetune"}

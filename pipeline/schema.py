@@ -96,6 +96,9 @@ class ModelSpec:
     feature_grid: int = 1
     compile: bool = False
     refit: bool = False  # also train one model per seed on every train row; its test predictions replace the folds'
+    # finetune kind: also keep the weights of the N best epochs other than the best (by the validation metric), each
+    # a blend member of its own, `<name>@snap<k>` (kinds/snapshots.py); 0 (the default) keeps the keys as they were
+    snapshots: int = 0
 
 
 TRAIN_KEYS = [f.name for f in dataclasses.fields(ModelSpec)][
@@ -187,6 +190,7 @@ RANGES: dict[str, tuple] = {
     "models.drop_rate": (0.0, 1.0, True, False),
     "models.head_c": (0.0, None, False, True),
     "models.feature_grid": (1, 8, True, True),
+    "models.snapshots": (0, None, True, True),
     "models.seeds": (0, 2**31 - 1, True, True),
     "predict.batch_size": (1, None, True, True),
     "blend.bootstrap": (1, None, True, True, " (resamples behind the score intervals)"),
@@ -213,6 +217,7 @@ def model_params(spec: ModelSpec) -> dict:
         d.pop(k)
     if d["feature_levels"] is None:
         d.pop("feature_levels")
-    if d["feature_grid"] == 1:  # unset: the keys models had before the option existed
-        d.pop("feature_grid")
+    for name, unset in (("feature_grid", 1), ("snapshots", 0)):  # unset: the keys models had before the option
+        if d[name] == unset:
+            d.pop(name)
     return d

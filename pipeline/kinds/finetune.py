@@ -6,7 +6,8 @@ EMA, gradient clipping and accumulation, early stopping, best-epoch weights. Eve
 (seed, fold, epoch), and `resume.pt` is written atomically after each epoch, so a killed training resumes at its last
 finished epoch and ends identical to an uninterrupted one (CPU, deterministic settings). At each epoch's end it also
 stops, committing nothing, if its claim was taken over meanwhile (ctx.check_fence).
-Output `model.safetensors` (the best epoch's weights) and `metrics.csv` (one row per epoch).
+Output `model.safetensors` (the best epoch's weights) and `metrics.csv` (one row per epoch); with `snapshots: N`
+also the N next-best epochs' weights and `snapshots.json` (kinds/snapshots.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ..runtime import Normalizer, amp_context, derive_seed, make_loader, prepare
 from ..stage import BudgetStop, RunContext
 from ..store import Unit, atomic_write
 from ..training import EpochSampler, lr_factor, mix_batch, param_groups, set_trainable
+from . import snapshots
 from .base import Kind
 
 PARTIAL = "resume.pt"  # written after every epoch; its presence means a resumable, unfinished unit
@@ -64,6 +66,7 @@ class Session:
     best: float | None = None
     best_epoch: int = -1
     history: list[dict] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)  # snapshots: the N + 1 best epochs so far, best first
 
 
 def setup(plan, unit: Unit) -> Session:
@@ -115,6 +118,7 @@ def resume(s: Session, path: Path) -> None:
     if s.ema is not None:
         s.ema.load_state_dict(state["ema"])
     s.start, s.best, s.best_epoch, s.history = state["epoch"] + 1, state["best"], state["best_epoch"], state["history"]
+    s.kept = list(state.get("kept", []))
 
 
 def train_one_epoch(s: Session, epoch: int) -> dict:
@@ -173,9 +177,15 @@ def save_state(s: Session, out: Path, epoch: int) -> None:
     state = {
         "model": s.model.state_dict(), "optimizer": s.opt.state_dict(), "scaler": s.scaler.state_dict(),
         "ema": s.ema.state_dict() if s.ema is not None else {}, "epoch": epoch, "best": s.best,
-        "best_epoch": s.best_epoch, "history": s.history, "params": s.unit.params,
+        "best_epoch": s.best_epoch, "history": s.history, "params": s.unit.params, "kept": s.kept,
     }  # fmt: skip
     atomic_write(out / PARTIAL, lambda p: torch.save(state, p))
+
+
+def stopped_early(s: Session) -> bool:
+    """Whether the state resumed from had already stopped early: a resume must not train past the stop."""
+    last = s.start - 1
+    return bool(s.spec.patience) and s.best is not None and last >= 0 and last - s.best_epoch >= s.spec.patience
 
 
 def train_finetune(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
@@ -183,36 +193,43 @@ def train_finetune(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     if (out / PARTIAL).exists():
         resume(s, out / PARTIAL)
     spec = s.spec
-    for epoch in range(s.start, spec.epochs):
+    n_snap = spec.snapshots if s.val_loader is not None else 0  # a full-data unit has no score to rank epochs by
+    snapshots.prune(out, s.kept)  # files a killed attempt wrote after the state it left
+    for epoch in range(spec.epochs if stopped_early(s) else s.start, spec.epochs):
         t_epoch = time.time()
         row = train_one_epoch(s, epoch)
         eval_model = s.ema.module if s.ema is not None else s.model
         val = evaluate(s, eval_model)
         # with nothing held out (refit) the last epoch is kept
         improved = epoch == spec.epochs - 1 if val is None else (s.best is None or better(s.metric, val, s.best))
+        weights = {k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}
         if improved:
             s.best, s.best_epoch = val, epoch
-            weights = {k: v.detach().cpu().contiguous() for k, v in eval_model.state_dict().items()}
             atomic_write(out / "model.safetensors", lambda p, w=weights: save_file(w, str(p)))
         s.history.append({**row, s.metric: val, "best": improved})
+        if n_snap:
+            s.kept = snapshots.keep(out, s.history, s.metric, n_snap, epoch, weights)
         save_state(s, out, epoch)
+        snapshots.prune(out, s.kept)  # after the state that names the new set: a kill never loses a kept file
         ctx.check_fence()  # taken over while paused: stop here, commit nothing
         if spec.patience and val is not None and epoch - s.best_epoch >= spec.patience:
             break
         if ctx.deadline and epoch + 1 < spec.epochs and time.time() + (time.time() - t_epoch) > ctx.deadline:
             raise BudgetStop(f"after epoch {epoch + 1} of {spec.epochs}: another would pass the time budget; a run "
                              f"with more time resumes it here")  # fmt: skip
-    return {
-        "outputs": ["model.safetensors", "metrics.csv"],
-        "scores": {s.metric: s.best, "best_epoch": s.best_epoch},
-    }
+    outputs, scores = ["model.safetensors", "metrics.csv"], {s.metric: s.best, "best_epoch": s.best_epoch}
+    if n_snap:
+        outputs += snapshots.finish(out, s.kept, s.best_epoch, s.metric, s.history)
+        scores["snapshot_epochs"] = [e for e in s.kept if e != s.best_epoch]
+    return {"outputs": outputs, "scores": scores}
 
 
 def predict_network(plan, unit: Unit, views: list[str], va_rows: np.ndarray):
     """The fold's network on its held-out rows and on every test image, every view asked for."""
     cfg, rt = plan.cfg, plan.cfg.runtime
     spec = cfg.model(unit.meta["model"])
-    state = plan.load_input(unit, "model")["state_dict"]
+    # a snapshot member's predict unit reads its train unit's k-th snapshot instead of the best epoch
+    state = snapshots.member_weights(plan.load_input(unit, "model"), unit.params.get("snapshot", 0))
     device, model, norm = prepare_model(spec, rt, plan.comp.n_classes, state_dict=state)
     model.eval()
     out = []
@@ -251,7 +268,9 @@ class FineTune(Kind):
         return train_finetune(plan, unit, out, ctx)
 
     def load(self, folder: Path) -> dict:
-        return {"state_dict": load_file(str(folder / "model.safetensors"))}
+        """The best epoch's weights; "snapshot": k -> snapshot k's weights, read when asked (models.snapshots)."""
+        return {"state_dict": load_file(str(folder / "model.safetensors")),
+                "snapshot": lambda k: snapshots.load_snapshot(folder, k)}  # fmt: skip
 
     def predict(self, plan, unit: Unit, views: list[str], va_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return predict_network(plan, unit, views, va_rows)

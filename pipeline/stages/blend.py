@@ -35,15 +35,16 @@ def units(plan) -> list[Unit]:
 
 
 def gather(plan, unit: Unit) -> dict[str, dict]:
-    """Per model: oof (V, N, C) averaged over seeds, test (V, n_test, C) averaged over folds and seeds (over its
-    full-data units instead when the model has `refit`), views."""
+    """Per member (a model, or a model's snapshot `<model>@snap<k>`): oof (V, N, C) averaged over seeds, test
+    (V, n_test, C) averaged over folds and seeds (over its full-data units instead when the model has `refit`),
+    views."""
     comp = plan.comp
     n, c = len(comp.train), comp.n_classes
     acc: dict[str, dict] = defaultdict(lambda: {"oof": defaultdict(lambda: None), "test": [], "full": []})
     for name in unit.inputs:
         p = plan.input(unit, name)
         d = plan.load(p)
-        model, seed, fold = p.meta["model"], p.meta["seed"], p.meta["fold"]
+        model, seed, fold = p.meta["member"], p.meta["seed"], p.meta["fold"]
         m = acc[model]
         m["views"] = d["views"]
         if fold == FULL:

@@ -5,6 +5,10 @@ Output `preds.npz` per unit: `views` (V,), `oof_rows` (n_val,) train row indices
 `oof_probs` (V, n_val, C), `test_ids` (n_test,) and `test_probs` (V, n_test, C). Rows travel with every batch, so a
 prediction is stored against the id it was computed for, never against a position in the loader's output. Merging
 views (and choosing which) happens at blend time, so changing it recomputes no network output.
+
+A model with `snapshots: N` gets N more units per fold unit, `<model>@snap<k>/seed<s>/fold<f>`, each predicting with
+its train unit's k-th snapshot weights; `meta["member"]` names the blend member a unit belongs to (its model, or
+`<model>@snap<k>`). Full-data units keep no snapshots: a snapshot member's test predictions come from its folds.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import numpy as np
 
 from .. import kinds
 from ..folding import fold_rows
+from ..kinds.snapshots import member_name
+from ..plan import FULL
 from ..rates import model_rates
 from ..stage import RunContext
 from ..store import Unit, atomic_savez
@@ -27,13 +33,21 @@ IMPLICIT = False
 
 
 def units(plan) -> list[Unit]:
-    """One unit per trained unit: its OOF rows (none for a full-data unit) and every test image, every view."""
+    """One unit per trained unit (and per snapshot it keeps): its OOF rows (none for a full-data unit) and every test
+    image, every view."""
     views = views_for(plan.cfg.predict.views)
     out = []
     for t in plan.all("train"):
         spec = plan.cfg.model(t.meta["model"])
         inputs = kinds.get(spec.kind).predict_inputs(plan, spec, t)
-        out.append(Unit(NAME, t.name, {"views": views}, inputs, VERSION, meta=dict(t.meta), gpu=t.gpu))
+        meta = {**t.meta, "member": spec.name}
+        out.append(Unit(NAME, t.name, {"views": views}, inputs, VERSION, meta=meta, gpu=t.gpu))
+        for k in range(1, spec.snapshots + 1) if t.meta["fold"] != FULL else ():
+            member = member_name(spec.name, k)
+            name = f"{member}/{t.name.split('/', 1)[1]}"
+            params = {"views": views, "snapshot": k}
+            out.append(Unit(NAME, name, params, inputs, VERSION, meta={**meta, "member": member, "snapshot": k},
+                            gpu=t.gpu))  # fmt: skip
     return out
 
 

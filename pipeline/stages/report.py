@@ -140,15 +140,15 @@ def curves(r: Run) -> str:
 
 
 def fold_probs(r: Run) -> dict:
-    """model -> seed -> fold -> (OOF rows, probs merged as the blend merges that model's views)."""
+    """member (a model or its snapshot) -> seed -> fold -> (OOF rows, probs merged as the blend merges its views)."""
     out: dict = defaultdict(lambda: defaultdict(dict))
     for p in r.done["predict"]:
         if p.meta["fold"] == FULL:
             continue
         d = r.plan.load(p)
-        pol, how = r.chosen(p.meta["model"])
+        pol, how = r.chosen(p.meta["member"])
         merged = merge_policy(d["oof_probs"], d["views"], pol, how)
-        out[p.meta["model"]][p.meta["seed"]][p.meta["fold"]] = (d["oof_rows"], merged)
+        out[p.meta["member"]][p.meta["seed"]][p.meta["fold"]] = (d["oof_rows"], merged)
     return out
 
 
@@ -158,23 +158,24 @@ def models(r: Run) -> str:
         return r.needs("predictions (`./run.sh predict`)")
     names, oof, spreads, rows, grid = [], [], [], [], []
     r.facts["fold_scores"] = {}
-    for spec in [s for s in r.plan.cfg.models if s.name in probs]:
-        by_seed = sorted(probs[spec.name].items())
+    model_of = {p.meta["member"]: r.plan.cfg.model(p.meta["model"]) for p in r.done["predict"]}
+    for name, spec in [(m, model_of[m]) for m in sorted(probs, key=list(model_of).index)]:
+        by_seed = sorted(probs[name].items())
         scores = {s: {f: score(r.metric, r.y[rows_], p) for f, (rows_, p) in sorted(fs.items())} for s, fs in by_seed}
-        r.facts["fold_scores"][spec.name] = scores
+        r.facts["fold_scores"][name] = scores
         seed_oofs = []
         for s, fs in by_seed:  # the seed's OOF over the folds done
             covered, p = (np.concatenate([fs[f][i] for f in sorted(fs)]) for i in (0, 1))
             seed_oofs.append(score(r.metric, r.y[covered], p))
-            grid.append([f"{spec.name} seed {s}", *[scores[s].get(f) for f in range(k)], seed_oofs[-1]])
+            grid.append([f"{name} seed {s}", *[scores[s].get(f) for f in range(k)], seed_oofs[-1]])
         flat = [v for fs in scores.values() for v in fs.values()]
-        nested = [w[rep["models"].index(spec.name)] for w in rep["fold_weights"]] if rep else []
-        blended = [rep["single"][spec.name], rep["weights"][spec.name]] if rep else [None, None]
+        nested = [w[rep["models"].index(name)] for w in rep["fold_weights"]] if rep else []
+        blended = [rep["single"][name], rep["weights"][name]] if rep else [None, None]
         spread = [float(np.mean(flat)), float(np.std(flat)), min(flat), max(flat)]
         nested_range = f"{min(nested):.2f} to {max(nested):.2f}" if nested else "n/a"
-        rows.append([spec.name, spec.kind, spec.backbone, len(scores), len(flat), blended[0], *spread, blended[1],
-                     nested_range, "/".join(r.chosen(spec.name))])  # fmt: skip
-        names.append(spec.name)
+        rows.append([name, spec.kind, spec.backbone, len(scores), len(flat), blended[0], *spread, blended[1],
+                     nested_range, "/".join(r.chosen(name))])  # fmt: skip
+        names.append(name)
         oof.append(blended[0] if rep else float(np.mean(seed_oofs)))  # before a blend: the mean of its seeds' OOF
         spreads.append(flat)
     weights = [rep["weights"][n] for n in names] if rep else None
