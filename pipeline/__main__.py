@@ -15,6 +15,7 @@ from .models import set_offline
 from .plan import MissingInput
 from .scheduler import run_stages, status
 from .stages import STAGES
+from .store import start_run
 
 BUDGETED = ("all", "status")  # the commands --budget is for
 
@@ -57,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run-unit"]:
         return run_unit(argv[1:])
+    start_run()  # before any executor starts: its workers record this run's id in the units they finish
     stages = [name for name, m in STAGES.items() if not m.IMPLICIT]
     args = parse_args(argv, stages)
     extra = [f"runtime.budget={args.budget}"] if args.budget else []

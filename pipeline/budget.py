@@ -24,11 +24,12 @@ from .executor import chosen_class
 from .logs import log
 from .plan import Plan, build_plan
 from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
-from .store import Unit, atomic_write_json
+from .store import Unit, atomic_write_json, run_id
 
 MIN_EPOCHS = 3  # a fine-tune shrunk to fit the budget trains at least this many epochs
 CALIBRATION = (0.5, 3.0)  # estimates are scaled by what this run's units took against them, within these bounds
 RESERVE = (0.05, 5.0, 30.0)  # kept for blend, submit and report: 5 % of the budget, at least 5 s, at most 30 s
+BUDGET_FILE = "budget.json"  # in the work dir: the last budget run's account (the report shows it)
 MARGIN = 0.95  # plan for this share of the budget: estimates err, and the whole run must stay within +10 %
 
 
@@ -105,9 +106,9 @@ class Clock:
 
     def record(self, plan: Plan, units: list, model: str) -> None:
         """The units of this model that ran in this run (not reused), with what was expected of them."""
-        seen = {r["unit"] for r in self.rows}
+        seen = {r["key"] for r in self.rows}
         for u in units:
-            if u.label in seen:  # an image cache or the folds, counted with the model that ran them
+            if u.key in seen:  # an image cache, the folds or shared features, counted with the model that ran them
                 continue
             m = plan.store.read_marker(u) if plan.store.is_done(u) else None
             if m and m.get("started_at", 0) >= self.started:
@@ -117,6 +118,8 @@ class Clock:
                         "key": u.key,
                         "model": model,
                         "group": (u.stage, self._kind(plan, u)),
+                        "stage": u.stage,
+                        "kind": self._kind(plan, u),
                         "estimated_s": round(self.expected(plan, u), 2),
                         "actual_s": m["seconds"],
                     }
@@ -226,32 +229,52 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     if left_out:
         log("budget", f"submitting {[s.name for s in complete]}; left out: {left_out}")
     plan2 = build_plan(with_models(cfg, complete, left_out), plan.stages)
+    submitted = {u.key for u in plan2.units}  # keys: a shared features unit's label names whichever model came first
+    account = _account(cfg, clock, started, total, taken, complete, candidates, submitted)
+    atomic_write_json(plan.store.root / BUDGET_FILE, account)  # before the report, which shows it
     run_stages(plan2, [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)],
                **options)  # fmt: skip
-    _account(plan, cfg, clock, started, total, taken, complete, candidates, {u.key for u in plan2.units})
+    account.update(spent_s=round(time.time() - started, 1), final=True)
+    atomic_write_json(plan.store.root / BUDGET_FILE, account)
+    for line in where_it_went(account):
+        log("budget", line)
 
 
-def _account(plan, cfg, clock: Clock, started: float, total: float, taken, complete, candidates,
-             submitted: set[str]) -> None:  # fmt: skip
-    """budget.json and the console's last lines: what ran, what it was expected to take, where the time went."""
-    spent = time.time() - started
-    names = [s.name for s in complete]
+def _account(cfg, clock: Clock, started: float, total: float, taken, complete, candidates, submitted: set) -> dict:
+    """budget.json: what ran, what it was expected to take, where the time went; `run` and `started_at` tell the
+    report whether its units are this run's. Written before blend, submit and report (spent_s: so far, final:
+    false), and again at the end."""
+    names = {s.name for s in complete}
     per_model = {s.name: round(sum(r["actual_s"] for r in clock.rows if r["model"] == s.name), 1) for s in taken}
-    atomic_write_json(plan.store.root / "budget.json", {
-        "budget_s": total, "spent_s": round(spent, 1), "recipe": [s.name for s in taken], "complete": names,
-        "left_out": [s.name for s in taken if s not in complete], "not_this_time": [s.name for s in candidates],
+    units = [
+        {**{k: v for k, v in r.items() if k not in ("group", "key")}, "submitted": r["key"] in submitted}
+        for r in clock.rows
+    ]
+    return {
+        "run": run_id(), "started_at": round(started, 3), "budget_s": total,
+        "spent_s": round(time.time() - started, 1), "final": False,
+        "recipe": [s.name for s in taken], "complete": [s.name for s in complete],
+        "left_out": [s.name for s in taken if s.name not in names], "not_this_time": [s.name for s in candidates],
         "shrunk": {s.name: s.epochs for s in taken if s.name not in {m.name for m in cfg.models}},
         "calibration": {f"{k[0]}/{k[1]}" if k[1] else k[0]: round(clock.ratio(k), 2)
                         for k in sorted({r["group"] for r in clock.rows})},
-        "seconds_per_model": per_model,
-        # submitted: the unit is read by the submission (a shared features unit or image cache counts for every model)
-        "units": [{**{k: v for k, v in r.items() if k not in ("group", "key")}, "submitted": r["key"] in submitted}
-                  for r in clock.rows],
-        "submitted_s": round(sum(r["actual_s"] for r in clock.rows if r["key"] in submitted), 1),
-    })  # fmt: skip
-    est, act = sum(r["estimated_s"] for r in clock.rows), sum(r["actual_s"] for r in clock.rows)
-    log("budget", f"spent {spent:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s, estimated {est:.0f}s")
-    used = ", ".join(f"{n} {s:.0f}s" + ("" if n in names else " (not submitted)") for n, s in per_model.items())
-    log("budget", f"where it went: {used}")
-    on = sum(r["actual_s"] for r in clock.rows if r["key"] in submitted)
-    log("budget", f"{on:.0f}s ({on / total:.0%} of the budget) went to units the submission reads")
+        "seconds_per_model": per_model, "units": units,
+        "submitted_s": round(sum(u["actual_s"] for u in units if u["submitted"]), 1),
+    }  # fmt: skip
+
+
+def where_it_went(account: dict) -> list[str]:
+    """The console's last lines of a budget run: the time spent, the seconds and share of the budget each model's
+    units took (the image caches and folds count with the model that ran them first), and the share that went to
+    units that end in the submission."""
+    total, units = account["budget_s"], account["units"]
+    est, act = sum(u["estimated_s"] for u in units), sum(u["actual_s"] for u in units)
+    kept = sum(u["actual_s"] for u in units if u["submitted"])
+    used = ", ".join(f"{n} {s:.0f}s ({100 * s / total:.0f} %" + ("" if n in account["complete"] else ", not submitted")
+                     + ")" for n, s in account["seconds_per_model"].items())  # fmt: skip
+    return [
+        f"spent {account['spent_s']:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s, estimated {est:.0f}s",
+        f"where it went: {used}",
+        f"units that end in the submission took {kept:.0f}s: {100 * kept / total:.0f} % of the budget, "
+        f"{100 * kept / act if act else 0:.0f} % of the units' time",
+    ]

@@ -176,3 +176,50 @@ def class_shift(classes: list[str], train_share: np.ndarray, test_share: np.ndar
     ax.legend(ncol=2, loc="upper center")
     ax.grid(alpha=0.3, axis="y")
     return to_uri(fig)
+
+
+def timeline(lanes: list[str], bars: list[tuple[int, float, float, str, str]]) -> str:
+    """bars: (lane index, start s, duration s, stage, name): one bar per unit in its worker's lane, coloured by stage,
+    named where it is wide enough to read."""
+    from matplotlib.patches import Rectangle
+
+    stages = list(dict.fromkeys(b[3] for b in bars))
+    end = max((s + d for _, s, d, _, _ in bars), default=1.0) or 1.0
+    fig, (ax,) = _fig(11, 0.5 * len(lanes) + 1.6)
+    for lane, start, dur, stage, name in bars:
+        c = COLORS[stages.index(stage) % len(COLORS)]
+        ax.barh(lane, max(dur, end / 500), left=start, height=0.7, color=c, edgecolor="w", linewidth=0.5)
+        fits = int(dur / end * 150)  # characters of 7-point text across this bar on an 11-inch axis
+        shown = next((t for t in (name, name.rsplit("/", 1)[-1]) if len(t) <= fits), None)
+        if shown:
+            ax.text(start + dur / 2, lane, shown, ha="center", va="center", fontsize=7)
+    ax.set(yticks=range(len(lanes)), yticklabels=lanes, xlim=(0, end * 1.01),
+           xlabel="seconds since the run's first unit started")  # fmt: skip
+    ax.invert_yaxis()
+    handles = [Rectangle((0, 0), 1, 1, color=COLORS[i % len(COLORS)]) for i in range(len(stages))]
+    ax.legend(handles, stages, fontsize=8, ncol=min(len(stages), 8), loc="lower center", bbox_to_anchor=(0.5, 1.0),
+              title="units per worker, by stage", title_fontsize=9)  # fmt: skip
+    ax.grid(alpha=0.3, axis="x")
+    return to_uri(fig)
+
+
+def estimate_vs_actual(units: list[dict]) -> str:
+    """units: {stage, estimated_s, actual_s} of a budget run, one dot each on log axes; the diagonal is a perfect
+    estimate, the dotted lines a factor 2 either way."""
+    fig, (ax,) = _fig(6, 4.2)
+    stages = list(dict.fromkeys(u.get("stage", u["unit"].split("/")[0]) for u in units))
+    floor = 0.01  # log axes: a unit estimated or measured at 0 s sits on the floor
+    for i, stage in enumerate(stages):
+        mine = [u for u in units if u.get("stage", u["unit"].split("/")[0]) == stage]
+        ax.scatter([max(u["estimated_s"], floor) for u in mine], [max(u["actual_s"], floor) for u in mine], s=18,
+                   color=COLORS[i % len(COLORS)], label=stage)  # fmt: skip
+    values = [max(v, floor) for u in units for v in (u["estimated_s"], u["actual_s"])] or [floor, 1.0]
+    lo, hi = min(values) / 1.5, max(values) * 1.5
+    ax.plot([lo, hi], [lo, hi], "-", color="grey", lw=1)
+    for f in (0.5, 2.0):
+        ax.plot([lo, hi], [lo * f, hi * f], ":", color="grey", lw=1)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="estimated seconds",
+           ylabel="actual seconds", title="planner's estimate against what each unit took")  # fmt: skip
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return to_uri(fig)

@@ -37,7 +37,25 @@ from .durable import (  # noqa: F401 - the store's API since before durable.py
 )
 
 DONE = "done.json"
+RUN_ENV = "PIPELINE_RUN"  # the id of the command that runs units (`./run.sh all`); its workers inherit it
+_PROCESS_RUN = f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # units run outside a command (tests, benches)
 ATTEMPT = ".attempt-"  # an attempt's staging folder inside its unit's folder: .attempt-<claim token>
+
+
+def start_run() -> str:
+    """A new run id for this command, in the environment its worker processes and Ray tasks inherit (the report draws
+    the units a run ran apart from those it reused)."""
+    os.environ[RUN_ENV] = run = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
+    return run
+
+
+def run_id() -> str:
+    return os.environ.get(RUN_ENV) or _PROCESS_RUN
+
+
+def worker_id() -> str:
+    """Who runs units in this process, whatever the executor: host and pid (one lane of the report's timeline)."""
+    return f"{HOST}:{os.getpid()}"
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
@@ -226,6 +244,7 @@ class Store:
                 "scores": scores or {}, "seconds": round(time.time() - started, 3),
                 "started_at": round(started, 3),  # epoch seconds: when the unit started and ended (for timelines)
                 "finished_at": round(time.time(), 3), "host": HOST, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "run": run_id(), "worker": worker_id(),  # which command ran it, in which process (timelines)
                 "attempt": attempt or uuid.uuid4().hex,  # readers record it: a redo of this unit redoes them
                 "upstream": upstream or {}, **extra,
             }  # fmt: skip

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 MODELS = [{"name": "tiny", "backbone": "test_efficientnet", "weights": "none"},
           {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}]  # fmt: skip
-SECTIONS = ["summary", "curves", "models", "tta", "errors", "calibration", "mistakes", "diversity", "shift"]
+SECTIONS = ["summary", "curves", "models", "tta", "errors", "calibration", "mistakes", "diversity", "shift", "timing"]
 
 
 def f4(v: float) -> str:
@@ -116,9 +116,11 @@ def test_all_ends_with_the_report_beside_the_submission_with_the_blend_reports_n
         assert all(f4(v) in s["diversity"] for v in row)
     # 9. test predictions vs train labels
     assert sum(facts["test_predicted"]) == 9 and f4(facts["total_variation"]) in s["shift"]
+    # 10. time: every unit of the run in the timeline (no budget: no estimates)
+    assert facts["timeline"]["drawn"] == 19 and facts["timeline"]["reused"] == 0 and "budget" not in facts
     # one plot each: curves (the head has none), models, confusion (no ROC: 3 classes), reliability, mistakes,
-    # correlation, shift
-    assert pngs(page) == 7
+    # correlation, shift, timeline
+    assert pngs(page) == 8
 
 
 def test_report_is_a_cached_unit_redone_when_an_input_changes(finished):

@@ -1,7 +1,7 @@
 """report: one self-contained HTML page per submission, built only from what the run's units recorded (markers,
-metrics.csv, preds.npz, the blend report and arrays, the submission): summary, learning curves, models, TTA, errors,
-calibration, the most confident mistakes, blend diversity, and the test predictions' class distribution. It never
-recomputes a network output.
+metrics.csv, preds.npz, the blend report and arrays, the submission, a budget run's budget.json): summary, learning
+curves, models, TTA, errors, calibration, the most confident mistakes, blend diversity, the test predictions' class
+distribution, and where the time went (pipeline.report_timing). It never recomputes a network output.
 
 Its unit reads every unit before it, so its key is their keys. On a partial run `./run.sh report` gets `narrow`'s
 unit instead: the inputs that are done (its own key), the rest listed on the page as missing, and each section says
@@ -20,10 +20,12 @@ import numpy as np
 
 from .. import report_plots as plots
 from .. import reporting as rp
+from ..budget import BUDGET_FILE
 from ..config import resolve_path
 from ..logs import log
 from ..metrics import score
 from ..plan import FULL
+from ..report_timing import timing_panel
 from ..stage import RunContext
 from ..store import DONE, Unit, atomic_write_json, atomic_write_text, sha256_file
 from ..tta import merge_policy
@@ -201,6 +203,13 @@ def diversity(r: Run) -> str:
     return rp.diversity_panel(ec["models"], np.array(ec["matrix"]))
 
 
+def timing(r: Run) -> tuple[str, dict]:
+    """The timeline of the run that finished the newest unit read here, and a budget run's estimates."""
+    path = r.plan.store.root / BUDGET_FILE
+    account = json.loads(path.read_text()) if path.is_file() else None
+    return timing_panel({u.label: r.plan.store.marker(u) for us in r.done.values() for u in us}, account)
+
+
 # (id, title, builder, needs the blend): a builder returns the section's HTML, or (HTML, numbers for facts.json)
 SECTIONS = [
     ("summary", "Summary", summary, False),
@@ -214,6 +223,7 @@ SECTIONS = [
     ("diversity", "Blend diversity", diversity, True),
     ("shift", "Test predictions vs train labels", lambda r: rp.shift_panel(
         r.y, r.blend["test_probs"], r.comp.classes), True),
+    ("timing", "Time: timeline and budget", timing, False),
 ]  # fmt: skip
 
 
