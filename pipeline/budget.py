@@ -70,10 +70,9 @@ class Clock:
     """Estimates of units, calibrated on the units that ran in this run: per (stage, kind) the ratio of the seconds
     they took to the seconds expected (within CALIBRATION), else the ratio over every unit that ran."""
 
-    def __init__(self, rates: dict, started: float, slots: tuple[int, float] = (1, 1.0)):
-        # slots: (units the executor runs at once, the share of the probe's speed each gets)
+    def __init__(self, rates: dict, started: float, slots: int = 1):
         self.rates, self.started, self.rows = rates, started, []
-        self.capacity, self.share = slots
+        self.slots = slots  # units the executor runs at once
 
     def _kind(self, plan: Plan, u) -> str:
         return plan.cfg.model(u.meta["model"]).kind if "model" in u.meta else ""
@@ -85,21 +84,17 @@ class Clock:
             return self.ratio() if group is not None else 1.0
         return min(max(act / est, CALIBRATION[0]), CALIBRATION[1])
 
-    def expected(self, plan: Plan, u) -> float:
-        """Seconds of one unit on one of the executor's slots, before calibration."""
-        return estimate(plan, u, self.rates) / self.share
-
     def seconds(self, plan: Plan, u) -> float:
-        return self.expected(plan, u) * self.ratio((u.stage, self._kind(plan, u)))
+        return estimate(plan, u, self.rates) * self.ratio((u.stage, self._kind(plan, u)))
 
     def cost(self, plan: Plan, name: str) -> float:
         """Expected wall seconds of a model's units (and the image caches it reads) not done yet: each unit starts on
         the first free one of the executor's slots once what it reads is done (list scheduling, in the order the
         units run); with one slot, the sum of their seconds."""
         todo = [u for u in model_targets(plan, name) if not plan.store.is_done(u)]
-        free, ends = [0.0] * self.capacity, {}
+        free, ends = [0.0] * self.slots, {}
         for u in todo:
-            slot = min(range(self.capacity), key=free.__getitem__)
+            slot = min(range(self.slots), key=free.__getitem__)
             start = max([free[slot]] + [ends[d] for d in plan.deps[u.key] if d in ends])
             ends[u.key] = free[slot] = start + self.seconds(plan, u)
         return max(ends.values(), default=0.0)
@@ -120,7 +115,7 @@ class Clock:
                         "group": (u.stage, self._kind(plan, u)),
                         "stage": u.stage,
                         "kind": self._kind(plan, u),
-                        "estimated_s": round(self.expected(plan, u), 2),
+                        "estimated_s": round(estimate(plan, u, self.rates), 2),
                         "actual_s": m["seconds"],
                     }
                 )

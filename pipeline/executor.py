@@ -67,10 +67,10 @@ class Executor(ABC):
         """Stop the workers; `abort` (Ctrl-C, an error) at once: their units resume next time."""
 
     @classmethod
-    def slots(cls, plan: Plan) -> tuple[int, float]:
-        """(units it will run at once, the share of this process's speed each gets: its share of the cores on a
-        CPU, 1.0 with a GPU each), without starting anything: what the budget planner's estimates assume."""
-        return 1, 1.0
+    def slots(cls, plan: Plan) -> int:
+        """Units it will run at once, said without starting anything: what the budget planner's estimates assume
+        (the probe runs in one of these slots, so its rates are a slot's)."""
+        return 1
 
 
 class LocalExecutor(Executor):

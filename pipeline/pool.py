@@ -61,9 +61,8 @@ class ProcessesExecutor(Executor):
         return n, max(1, cores // n), gpus
 
     @classmethod
-    def slots(cls, plan: Plan) -> tuple[int, float]:
-        n, cpus, gpus = cls._layout(plan)
-        return n, 1.0 if gpus else min(1.0, cpus / (os.cpu_count() or 1))
+    def slots(cls, plan: Plan) -> int:
+        return cls._layout(plan)[0]
 
     def __init__(self, plan: Plan):
         rt = plan.cfg.runtime

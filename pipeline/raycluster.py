@@ -43,13 +43,12 @@ class RayExecutor(Executor):
     echo = False
 
     @classmethod
-    def slots(cls, plan: Plan) -> tuple[int, float]:
+    def slots(cls, plan: Plan) -> int:
         """From the cluster when this process joined one; else the local cluster ray.init() would start."""
         ray = sys.modules.get("ray")
         res = ray.cluster_resources() if ray is not None and ray.is_initialized() else {"CPU": os.cpu_count() or 1}
         cpus, gpus, threads = int(res.get("CPU", 1)), int(res.get("GPU", 0)), plan.cfg.runtime.threads
-        per_unit = threads or (max(1, cpus // gpus) if gpus else 1)
-        return max(1, cpus // per_unit), 1.0 if gpus else min(1.0, per_unit / (os.cpu_count() or 1))
+        return max(1, cpus // (threads or (max(1, cpus // gpus) if gpus else 1)))
 
     def __init__(self, plan: Plan):
         import ray  # heavy and optional: only when this executor is chosen

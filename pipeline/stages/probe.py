@@ -40,7 +40,10 @@ def machine(rt) -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()  # fmt: skip
     gpu = torch.cuda.get_device_name(0) if pick_device(rt).type == "cuda" else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu}
+    # the threads as configured, not this process's count: the scheduler and its workers (which set their own) must
+    # build the same plan; the probe runs in one of the executor's slots, so its rates are a slot's
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": rt.threads, "executor": rt.executor,
+            "workers": rt.workers, "gpu": gpu}  # fmt: skip
 
 
 def units(plan) -> list[Unit]:
