@@ -95,6 +95,11 @@ def test_the_sources_key_reaches_round_two_and_config_is_checked(tmp):
     cfg.models[0].head_c = 7.0  # the source changes: round 2 is redone, through its inputs
     after = {u.name: u.key for u in build_plan(cfg).all("train", model="pl")}
     assert before.keys() == after.keys() and not set(before.values()) & set(after.values())
+    cfg.models[1].refit = True  # a full-data unit has no held-out rows: the source's every fold labels it
+    plan = build_plan(cfg)
+    full = plan.one("train", model="pl", fold=FULL)
+    assert sorted(plan.input(full, n).name for n in full.inputs if n.startswith("pseudo")) == [
+        f"src/seed0/fold{k}" for k in range(3)]  # fmt: skip
     for bad, msg in [({"pseudo_from": "nope"}, r"models\[1\]\.pseudo_from': no model named 'nope'"),
                      ({"pseudo_from": "pl"}, r"would come from the model itself \(pl <- pl\)"),
                      ({"pseudo_threshold": 0.0}, r"models\[1\]\.pseudo_threshold': 0\.0 is out of range"),
@@ -108,3 +113,26 @@ def test_the_sources_key_reaches_round_two_and_config_is_checked(tmp):
 
 def ran(stdout: str, stage: str) -> list[str]:
     return re.findall(rf"^\[{stage}\] (?:run|resume) +(\S+)", stdout, flags=re.M)
+
+
+def test_pseudo_labelled_head_and_knn_end_to_end_then_cached(tmp):
+    """Real signal (digits): a head with refit labels a head (refit too) and a knn; all train, predict, blend and
+    submit; the full-data unit reads the source's full-data unit; a second run does no work."""
+    models = [{"name": "src", **BACKBONE, "refit": True},
+              {"name": "pl", **BACKBONE, "pseudo_from": "src", "pseudo_threshold": 0.5, "refit": True},
+              {"name": "plk", **BACKBONE, "kind": "knn", "pseudo_from": "src", "pseudo_threshold": 0.5}]  # fmt: skip
+    cfg = write_config(tmp, "csv", models=models, runtime={"threads": 1}, blend={"method": "mean", "bootstrap": 20})
+    first = run_cli("all", "--config", str(cfg)).stdout
+    assert {"pl/seed0/full", "plk/seed0/fold0"} <= set(ran(first, "train")), first
+    assert re.search(r"^\[blend\] pl: OOF accuracy", first, flags=re.M) and "held-out test accuracy" in first
+    plan = build_plan(load_config(cfg))
+    full = plan.one("train", model="pl", fold=FULL)
+    assert [plan.input(full, n).name for n in full.inputs if n.startswith("pseudo")] == ["src/seed0/full"]
+    n_test = len(plan.comp.test_ids)
+    for unit in plan.all("train", model="plk"):
+        n = plan.store.marker(unit)["scores"]["pseudo_rows"]
+        assert 0 < n <= n_test and len(plan.load(unit)["knn"]["test_rows"]) == n
+    (sub,) = sorted((tmp / "submissions").glob("*.csv"))
+    assert len(pd.read_csv(sub)) == n_test
+    again = run_cli("all", "--config", str(cfg)).stdout
+    assert not re.search(r"^\[\w+\] (run|resume) ", again, flags=re.M), again
