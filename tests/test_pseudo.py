@@ -122,8 +122,13 @@ def test_pseudo_labelled_head_and_knn_end_to_end_then_cached(tmp):
               {"name": "pl", **BACKBONE, "pseudo_from": "src", "pseudo_threshold": 0.5, "refit": True},
               {"name": "plk", **BACKBONE, "kind": "knn", "pseudo_from": "src", "pseudo_threshold": 0.5}]  # fmt: skip
     cfg = write_config(tmp, "csv", models=models, runtime={"threads": 1}, blend={"method": "mean", "bootstrap": 20})
+    run_cli("folds", "--config", str(cfg))
+    run_cli("features", "--config", str(cfg))
+    alone = run_cli("train", "--config", str(cfg)).stdout  # the round: the source's predictions run with it
+    assert {"pl/seed0/full", "plk/seed0/fold0"} <= set(ran(alone, "train")), alone
+    assert set(ran(alone, "predict")) == {f"src/seed0/{f}" for f in ("fold0", "fold1", "fold2", "full")}, alone
     first = run_cli("all", "--config", str(cfg)).stdout
-    assert {"pl/seed0/full", "plk/seed0/fold0"} <= set(ran(first, "train")), first
+    assert ran(first, "train") == [] and "pl/seed0/full" in ran(first, "predict"), first
     assert re.search(r"^\[blend\] pl: OOF accuracy", first, flags=re.M) and "held-out test accuracy" in first
     plan = build_plan(load_config(cfg))
     full = plan.one("train", model="pl", fold=FULL)
