@@ -116,12 +116,21 @@ def ran(stdout: str, stage: str) -> list[str]:
 
 
 def test_pseudo_labelled_head_and_knn_end_to_end_then_cached(tmp):
-    """Real signal (digits): a head with refit labels a head (refit too) and a knn; all train, predict, blend and
-    submit; the full-data unit reads the source's full-data unit; a second run does no work."""
+    """Real signal (digits 0 and 1, a binary task scored by auc): a head with refit labels a head (refit too) and a
+    knn; all train, predict, blend and submit; the full-data unit reads the source's full-data unit; `train` alone
+    runs the source's predictions it reads; a second run does no work."""
     models = [{"name": "src", **BACKBONE, "refit": True},
               {"name": "pl", **BACKBONE, "pseudo_from": "src", "pseudo_threshold": 0.5, "refit": True},
               {"name": "plk", **BACKBONE, "kind": "knn", "pseudo_from": "src", "pseudo_threshold": 0.5}]  # fmt: skip
-    cfg = write_config(tmp, "csv", models=models, runtime={"threads": 1}, blend={"method": "mean", "bootstrap": 20})
+    cfg = write_config(tmp, "csv", models=models, competition={"task": "binary", "metric": "auc"},
+                       runtime={"threads": 1}, blend={"method": "mean", "bootstrap": 20})  # fmt: skip
+    comp = tmp / "comp-csv"  # two classes of digits (as tests/test_bad_inputs.py's binary_config)
+    for name in ("train.csv", "labels.csv"):
+        d = pd.read_csv(comp / name, dtype=str)
+        d[d["digit"] != "2"].to_csv(comp / name, index=False)
+    kept = pd.read_csv(comp / "labels.csv", dtype=str)["image_id"]
+    sample = pd.read_csv(comp / "sample_submission.csv", dtype=str)
+    sample[sample["image_id"].isin(kept)].to_csv(comp / "sample_submission.csv", index=False)
     run_cli("folds", "--config", str(cfg))
     run_cli("features", "--config", str(cfg))
     alone = run_cli("train", "--config", str(cfg)).stdout  # the round: the source's predictions run with it
@@ -129,7 +138,7 @@ def test_pseudo_labelled_head_and_knn_end_to_end_then_cached(tmp):
     assert set(ran(alone, "predict")) == {f"src/seed0/{f}" for f in ("fold0", "fold1", "fold2", "full")}, alone
     first = run_cli("all", "--config", str(cfg)).stdout
     assert ran(first, "train") == [] and "pl/seed0/full" in ran(first, "predict"), first
-    assert re.search(r"^\[blend\] pl: OOF accuracy", first, flags=re.M) and "held-out test accuracy" in first
+    assert re.search(r"^\[blend\] pl: OOF auc", first, flags=re.M) and "held-out test auc" in first
     plan = build_plan(load_config(cfg))
     full = plan.one("train", model="pl", fold=FULL)
     assert [plan.input(full, n).name for n in full.inputs if n.startswith("pseudo")] == ["src/seed0/full"]
@@ -137,6 +146,7 @@ def test_pseudo_labelled_head_and_knn_end_to_end_then_cached(tmp):
     for unit in plan.all("train", model="plk"):
         n = plan.store.marker(unit)["scores"]["pseudo_rows"]
         assert 0 < n <= n_test and len(plan.load(unit)["knn"]["test_rows"]) == n
+        assert set(np.load(plan.store.dir(unit) / FIT_ROWS)["pseudo_labels"]) <= {0, 1}
     (sub,) = sorted((tmp / "submissions").glob("*.csv"))
     assert len(pd.read_csv(sub)) == n_test
     again = run_cli("all", "--config", str(cfg)).stdout
