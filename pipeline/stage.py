@@ -15,6 +15,9 @@ and optionally:
   wrote (an edited folds/<competition>.csv); `status` shows it as broken, a run refuses it;
 - `narrow(plan, unit, missing) -> Unit`: the stage takes what is done (the report): when run on its own with inputs
   not done, its unit is replaced by this one, built on the done inputs (scheduler.narrow_to_done);
+- `FEEDS_BACK = "<earlier stage>"`: units of that earlier stage may read this stage's units (train units of a
+  pseudo-labelled model read its source's predict units); the plan then asks that stage through this one again
+  until no unit is new, so those stages' `units` must return only units whose inputs are already in the plan;
 - `REPORTED = False`: the report does not read its units (the probe: what a machine measured is no result).
 
 A stage imports the core only, never another stage: stages meet through the artifacts their loaders read. The core

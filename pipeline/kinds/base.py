@@ -60,7 +60,14 @@ class OnFeatures(Kind):
     gpu, probe_train = False, False
 
     def train_inputs(self, plan, spec) -> dict[str, str]:
+        if spec.pseudo_from:  # pseudo-labelled: the test rows' features too (the source's units: the train stage)
+            return {"features": features_unit(plan, spec, "train").key,
+                    "test_features": features_unit(plan, spec, "test").key}  # fmt: skip
         return {"features": features_unit(plan, spec, "train").key}
+
+    def pseudo_key(self, spec) -> dict:
+        """The key slice of pseudo-labels (none without): the threshold; the source's units are inputs."""
+        return {"pseudo_threshold": spec.pseudo_threshold, "pseudo_view": "center"} if spec.pseudo_from else {}
 
     def predict_inputs(self, plan, spec, train_unit) -> dict[str, str]:
         return {"model": train_unit.key, "train_features": train_unit.inputs["features"],

@@ -6,8 +6,9 @@ with its similarity (clipped at 0), plus one vote spread evenly over the classes
 stays finite. k is chosen among `K_GRID` by leave-one-out log loss on the fold's training rows only: each training row
 is predicted from the others, and the held-out fold is never looked at. Deterministic: no seed enters.
 
-Output `knn.safetensors`: rows (n_fit,) the training rows (the reference set, read back from the train features),
-y (n_fit,) their classes, mean (D,) the centring vector, k (1,); `metrics.csv`: the held-out score and k.
+Output `knn.safetensors`: rows (n_rows,) the training rows (the reference set, read back from the train features),
+with `pseudo_from` test_rows (n_pseudo,) the pseudo-labelled test rows after them (read back from the test features),
+y (n_rows + n_pseudo,) their classes, mean (D,) the centring vector, k (1,); `metrics.csv`: the held-out score and k.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from ..metrics import score, selection_metric
 from ..store import atomic_write
 from .base import OnFeatures, centre_features, fold_split, view_features
+from .pseudo import FIT_ROWS, fit_set
 
 K_GRID = (1, 2, 3, 5, 8, 12, 20, 30, 50)  # candidates; those the fold's training rows allow
 CHUNK = 1024  # query rows per similarity block: (CHUNK, n_fit) float64 at a time
@@ -81,23 +83,30 @@ class Knn(OnFeatures):
         # what the features unit holds (backbone, weights, size, levels, views) is in its key, an input; which of
         # its grids the model reads is not
         return {"kind": self.name, "grid": spec.feature_grid, "k_grid": list(K_GRID),
-                "metric": plan.cfg.competition.metric, "n_classes": plan.comp.n_classes}  # fmt: skip
+                "metric": plan.cfg.competition.metric, "n_classes": plan.comp.n_classes,
+                **self.pseudo_key(spec)}  # fmt: skip
 
     def train(self, plan, unit, out: Path, ctx=None) -> dict:
-        n_classes, grid = plan.comp.n_classes, plan.cfg.model(unit.meta["model"]).feature_grid
+        n_classes = plan.comp.n_classes
+        spec = plan.cfg.model(unit.meta["model"])
+        grid = spec.feature_grid
         x = centre_features(plan.load_input(unit, "features"), grid)
         y, tr, va = fold_split(plan, unit)
-        mean = x[tr].mean(0)
-        ref = unit_rows(x[tr], mean)
-        k, losses = choose_k(ref, y[tr], n_classes)
+        x_fit, y_fit, pseudo = fit_set(plan, unit, spec, x, out)  # with pseudo_from: test rows after the train rows
+        mean = x_fit.mean(0)
+        ref = unit_rows(x_fit, mean)
+        k, losses = choose_k(ref, y_fit, n_classes)
         metric = selection_metric(plan.cfg.competition.metric, y[va], n_classes)
-        val = score(metric, y[va], predict_rows(x[va], ref, y[tr], k, mean, n_classes)) if va.any() else None
-        tensors = {"rows": torch.from_numpy(np.where(tr)[0]), "y": torch.from_numpy(y[tr].astype(np.int64)),
+        val = score(metric, y[va], predict_rows(x[va], ref, y_fit, k, mean, n_classes)) if va.any() else None
+        tensors = {"rows": torch.from_numpy(np.where(tr)[0]), "y": torch.from_numpy(y_fit.astype(np.int64)),
                    "mean": torch.from_numpy(mean), "k": torch.tensor([k])}  # fmt: skip
+        if spec.pseudo_from:
+            tensors["test_rows"] = torch.from_numpy(np.load(out / FIT_ROWS)["pseudo_rows"].astype(np.int64))
         atomic_write(out / "knn.safetensors", lambda p: save_file(tensors, str(p)))
         row = {"epoch": 0, metric: val, "k": k, "loo_logloss": losses[k]}
         atomic_write(out / "metrics.csv", lambda p: pd.DataFrame([row]).to_csv(p, index=False))
-        return {"outputs": ["knn.safetensors", "metrics.csv"], "scores": {metric: val, "k": k}}
+        return {"outputs": ["knn.safetensors", "metrics.csv", *pseudo["outputs"]],
+                "scores": {metric: val, "k": k, **pseudo["scores"]}}  # fmt: skip
 
     def load(self, folder: Path) -> dict:
         return {"knn": {k: v.numpy() for k, v in load_file(str(folder / "knn.safetensors")).items()}}
@@ -106,7 +115,10 @@ class Knn(OnFeatures):
         m, n_classes = plan.load_input(unit, "model")["knn"], plan.comp.n_classes
         grid = plan.cfg.model(unit.meta["model"]).feature_grid
         train, test = plan.load_input(unit, "train_features"), plan.load_input(unit, "test_features")
-        ref = unit_rows(centre_features(train, grid)[m["rows"]], m["mean"])
+        fit_x = centre_features(train, grid)[m["rows"]]
+        if "test_rows" in m:  # pseudo-labelled test rows, after the train rows (as y holds their classes)
+            fit_x = np.concatenate([fit_x, centre_features(test, grid)[m["test_rows"]]])
+        ref = unit_rows(fit_x, m["mean"])
         k = int(m["k"][0])
         oof = predict_rows(view_features(train, grid, views, va_rows), ref, m["y"], k, m["mean"], n_classes)
         return oof, predict_rows(view_features(test, grid, views), ref, m["y"], k, m["mean"], n_classes)

@@ -30,6 +30,7 @@ NAME = "predict"
 VERSION = 1
 PARTIAL = None
 IMPLICIT = False
+FEEDS_BACK = "train"  # a pseudo-labelled model's train units read its source's predict units (stage.py)
 
 
 def units(plan) -> list[Unit]:
