@@ -161,9 +161,16 @@ def _started_variants(plan: Plan, spec: ModelSpec) -> list[int]:
 
 
 def _part_done(plan: Plan, spec: ModelSpec) -> bool:
-    """Some of the model's own units are done and some not, or an earlier run started a shrunk variant of it."""
-    done = [plan.store.is_done(u) for u in plan.units if u.meta.get("model") == spec.name]
-    return (any(done) and not all(done)) or (spec.kind == "finetune" and bool(_started_variants(plan, spec)))
+    """Some of the model's own units are done and some not, or so of a shrunk variant of it an earlier run started
+    (a finished one is reused where the ladder takes it: nothing of it is missing)."""
+
+    def part(p: Plan, name: str) -> bool:
+        done = [p.store.is_done(u) for u in p.units if u.meta.get("model") == name]
+        return any(done) and not all(done)
+
+    variants = [shrunk(spec, e) for e in _started_variants(plan, spec)] if spec.kind == "finetune" else []
+    return part(plan, spec.name) or any(part(build_plan(with_models(plan.cfg, [v]), plan.stages), v.name)
+                                        for v in variants)  # fmt: skip
 
 
 def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None = None) -> Config:
