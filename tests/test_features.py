@@ -65,7 +65,8 @@ def test_feature_grid_keeps_where_things_are_and_every_grid_comes_from_one_forwa
         assert unit.meta["models"] == ["mid", "global"]
     # a plan of the global head alone (as the budget planner builds one model at a time) reads the same unit
     alone = build_plan(load_config(write_config(tmp, "csv", models=[models[1]])))
-    assert alone.one("features", split="train").key == plan.one("features", split="train").key
+    both, one = plan.one("features", split="train"), alone.one("features", split="train")
+    assert one.key == both.key and alone.store.dir(one) == plan.store.dir(both)  # found done in the same folder
     ensure_done(plan, plan.all("features"))
     spec = plan.cfg.models[0]
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ from ..models import check_levels, preprocessing, weights_id
 from ..rates import model_rates
 from ..runtime import make_loader, prepare_model, run_views
 from ..stage import RunContext
-from ..store import Unit, atomic_savez
+from ..store import Unit, atomic_savez, stable_hash
 from ..tta import views_for
 
 NAME = "features"
@@ -46,9 +46,13 @@ def units(plan) -> list[Unit]:
         if spec.feature_levels is not None:  # unset: the key it had before levels existed
             params["levels"] = spec.feature_levels
         params["grids"] = grids_for(spec)
+        # named by what it holds, never by a model: a plan of any subset of the models (the budget runs one model at a
+        # time) names it alike, so it is found done in the same folder
+        levels = "-L" + ".".join(map(str, spec.feature_levels)) if spec.feature_levels is not None else ""
+        name = f"{spec.backbone}@{spec.img_size}{levels}-{stable_hash(params, 6)}"
         for split in ("train", "test"):
             inputs = {"images": plan.images(split, spec).key}
-            unit = Unit(NAME, f"{spec.name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
+            unit = Unit(NAME, f"{name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
                         meta={"model": spec.name, "split": split, "models": [spec.name]}, gpu=True)  # fmt: skip
             if unit.key in made:  # one backbone's features for several models (a head and a knn): computed once
                 made[unit.key].meta["models"].append(spec.name)
