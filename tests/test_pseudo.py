@@ -82,8 +82,8 @@ def test_a_folds_held_out_rows_never_train_its_unit(copies_run):
         assert np.intersect1d(rec["train_rows"], va).size == 0
         assert len(rec["train_rows"]) + len(va) == len(plan.comp.train)
         sources = [plan.input(unit, n) for n in unit.inputs if n.startswith("pseudo")]
-        assert sources and all(s.stage == "predict" and s.meta == {"model": "src", "seed": 0, "fold": fold, "member": "src"}
-                               for s in sources)  # fmt: skip
+        want = {"model": "src", "seed": 0, "fold": fold, "member": "src"}
+        assert sources and all(s.stage == "predict" and s.meta == want for s in sources)
         assert all(np.array_equal(np.sort(plan.load(s)["oof_rows"]), np.sort(va)) for s in sources)
 
 
