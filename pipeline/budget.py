@@ -138,11 +138,11 @@ def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> 
         return None
     for epochs in _started_variants(plan, spec):
         small = shrunk(spec, epochs)
-        c = clock.cost(build_plan(with_models(cfg, [small]), plan.stages), small.name)
+        c = clock.cost(alone(plan, small), small.name)
         if c <= left:
             return small, c
     one = shrunk(spec, 1)
-    c1 = clock.cost(build_plan(with_models(cfg, [one]), plan.stages), one.name)
+    c1 = clock.cost(alone(plan, one), one.name)
     per_epoch = (cost - c1) / (spec.epochs - 1)
     epochs = min(spec.epochs - 1, int((left - c1) / per_epoch) + 1) if per_epoch > 0 else 0
     if epochs < MIN_EPOCHS:
@@ -169,8 +169,13 @@ def _part_done(plan: Plan, spec: ModelSpec) -> bool:
         return any(done) and not all(done)
 
     variants = [shrunk(spec, e) for e in _started_variants(plan, spec)] if spec.kind == "finetune" else []
-    return part(plan, spec.name) or any(part(build_plan(with_models(plan.cfg, [v]), plan.stages), v.name)
+    return part(plan, spec.name) or any(part(alone(plan, v), v.name)
                                         for v in variants)  # fmt: skip
+
+
+def alone(base: Plan, spec: ModelSpec) -> Plan:
+    """The plan of one model of the base config (its units keep their keys): what the planner costs and runs."""
+    return build_plan(with_models(base.cfg, [spec]), base.stages)
 
 
 def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None = None) -> Config:
@@ -183,7 +188,7 @@ def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None 
 
 def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float) -> tuple[bool, set[str]]:
     """Run one model's units (what it reads first); (every unit of it done, the stages that ran)."""
-    plan = build_plan(with_models(base.cfg, [spec]), base.stages)
+    plan = alone(base, spec)
     targets = model_targets(plan, spec.name)
     run_units(plan, targets, deadline=deadline, estimates={u.key: clock.seconds(plan, u) for u in targets})
     clock.record(plan, targets, spec.name)
