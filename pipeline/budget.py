@@ -21,12 +21,14 @@ import time
 
 from .config import Config, ModelSpec, parse_duration
 from .executor import chosen_class
+from .kind_table import reads_features
 from .logs import log
 from .plan import Plan, build_plan
 from .scheduler import ensure_done, prepare_outputs, run_stages, run_units
 from .store import Unit, atomic_write_json, run_id
 
 MIN_EPOCHS = 3  # a fine-tune shrunk to fit the budget trains at least this many epochs
+MIN_SIZE, SIZE_STEP = 64, 16  # a model on features that does not fit reads features computed at a smaller size
 CALIBRATION = (0.5, 3.0)  # estimates are scaled by what this run's units took against them, within these bounds
 RESERVE = (0.05, 5.0, 30.0)  # kept for blend, submit and report: 5 % of the budget, at least 5 s, at most 30 s
 BUDGET_FILE = "budget.json"  # in the work dir: the last budget run's account (the report shows it)
@@ -127,20 +129,36 @@ def shrunk(spec: ModelSpec, epochs: int) -> ModelSpec:
                                frozen_epochs=min(spec.frozen_epochs, epochs - 1))  # fmt: skip
 
 
+def resized(spec: ModelSpec, size: int) -> ModelSpec:
+    """A model on cached features computed at a smaller input size, named for it."""
+    return dataclasses.replace(spec, name=f"{spec.name}-s{size}", img_size=size)
+
+
 def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> tuple[ModelSpec, float] | None:
-    """(spec, its expected seconds) when its units not done fit in `left`. A fine-tune that does not: a shrunk
-    variant an earlier run started (most epochs first: a rerun resumes or reuses it rather than training another),
-    else shrunk to the most epochs that fit (at least MIN_EPOCHS); else None."""
+    """(spec, its expected seconds) when its units not done fit in `left`. One that does not is adapted: a variant an
+    earlier run started (largest first: a rerun resumes or reuses it rather than starting another), else a fine-tune
+    shrunk to the most epochs that fit (at least MIN_EPOCHS), a model on features computed at the largest size that
+    fits (a multiple of SIZE_STEP, at least MIN_SIZE); else None."""
     cost = clock.cost(plan, spec.name)
     if cost <= left:
         return spec, cost
-    if spec.kind != "finetune" or spec.epochs <= MIN_EPOCHS:
-        return None
-    for epochs in _started_variants(plan, spec):
-        small = shrunk(spec, epochs)
+    for small in _started_variants(plan, spec):
         c = clock.cost(alone(plan, small), small.name)
         if c <= left:
             return small, c
+    if spec.kind == "finetune" and spec.epochs > MIN_EPOCHS:
+        return _fewer_epochs(plan, spec, clock, left, cost)
+    if reads_features(spec.kind):
+        for size in range(spec.img_size - SIZE_STEP, MIN_SIZE - 1, -SIZE_STEP):
+            small = resized(spec, size)
+            c = clock.cost(alone(plan, small), small.name)
+            if c <= left:
+                return small, c
+    return None
+
+
+def _fewer_epochs(plan: Plan, spec: ModelSpec, clock: Clock, left: float, cost: float):
+    """The fine-tune with the most epochs (at least MIN_EPOCHS) expected to fit: its cost is linear in epochs."""
     one = shrunk(spec, 1)
     c1 = clock.cost(alone(plan, one), one.name)
     per_epoch = (cost - c1) / (spec.epochs - 1)
@@ -150,27 +168,28 @@ def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> 
     return shrunk(spec, epochs), c1 + per_epoch * (epochs - 1)
 
 
-def _started_variants(plan: Plan, spec: ModelSpec) -> list[int]:
-    """Epochs of the shrunk variants of a fine-tune whose training an earlier run started, most first."""
+def _started_variants(plan: Plan, spec: ModelSpec) -> list[ModelSpec]:
+    """The adapted variants of a model whose training an earlier run started (a fine-tune's fewer epochs, a features
+    model's smaller size), largest first."""
+    tag, full, least, make = ("e", spec.epochs, MIN_EPOCHS, shrunk) if spec.kind == "finetune" else \
+        ("s", spec.img_size, MIN_SIZE, resized)  # fmt: skip
     found = set()
-    for d in (plan.store.root / "train").glob(f"{spec.name}-e*"):
+    for d in (plan.store.root / "train").glob(f"{spec.name}-{tag}*"):
         tail = d.name[len(spec.name) + 2 :]
-        if tail.isdigit() and MIN_EPOCHS <= int(tail) < spec.epochs:
+        if tail.isdigit() and least <= int(tail) < full:
             found.add(int(tail))
-    return sorted(found, reverse=True)
+    return [make(spec, n) for n in sorted(found, reverse=True)]
 
 
 def _part_done(plan: Plan, spec: ModelSpec) -> bool:
-    """Some of the model's own units are done and some not, or so of a shrunk variant of it an earlier run started
+    """Some of the model's own units are done and some not, or so of an adapted variant of it an earlier run started
     (a finished one is reused where the ladder takes it: nothing of it is missing)."""
 
     def part(p: Plan, name: str) -> bool:
         done = [p.store.is_done(u) for u in p.units if u.meta.get("model") == name]
         return any(done) and not all(done)
 
-    variants = [shrunk(spec, e) for e in _started_variants(plan, spec)] if spec.kind == "finetune" else []
-    return part(plan, spec.name) or any(part(alone(plan, v), v.name)
-                                        for v in variants)  # fmt: skip
+    return part(plan, spec.name) or any(part(alone(plan, v), v.name) for v in _started_variants(plan, spec))
 
 
 def alone(base: Plan, spec: ModelSpec) -> Plan:
@@ -223,7 +242,8 @@ def run_budget(plan: Plan, started: float, **options) -> None:
         pick, cost = got
         candidates.remove(spec)
         taken.append(pick)
-        shrink = f" (shrunk from {spec.epochs} epochs)" if pick is not spec else ""
+        shrink = "" if pick is spec else f" (shrunk from {spec.epochs} epochs)" if pick.epochs != spec.epochs else \
+            f" (features at {pick.img_size} px instead of {spec.img_size})"  # fmt: skip
         log("budget", f"next: {pick.name}{shrink}, expected {cost:.0f}s of the {max(left, 0):.0f}s left")
         finished, stages = run_model(plan, pick, clock, deadline - reserve)
         ran |= stages
@@ -236,12 +256,17 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     if left_out:
         log("budget", f"submitting {[s.name for s in complete]}; left out: {left_out}")
     plan2 = build_plan(with_models(cfg, complete, left_out), plan.stages)
-    submitted = {u.key for u in plan2.units}  # keys: a shared features unit's label names whichever model came first
+    # what ends in the submission: the submit units and all they read (keys: a shared features unit's label names
+    # whichever model came first); blend and submit count once they have run, the report does not
+    ends_in = plan2.all("submit")
+    submitted = _ancestors(plan2, ends_in) | {u.key for u in ends_in}
     account = _account(cfg, clock, started, total, taken, complete, candidates, submitted)
     atomic_write_json(plan.store.root / BUDGET_FILE, account)  # before the report, which shows it
     run_stages(plan2, [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)],
                **options)  # fmt: skip
-    account.update(spent_s=round(time.time() - started, 1), final=True)
+    clock.record(plan2, [u for u in plan2.units if u.key in submitted and "model" not in u.meta], "")
+    account = _account(cfg, clock, started, total, taken, complete, candidates, submitted)
+    account.update(final=True)
     atomic_write_json(plan.store.root / BUDGET_FILE, account)
     for line in where_it_went(account):
         log("budget", line)
@@ -252,6 +277,7 @@ def _account(cfg, clock: Clock, started: float, total: float, taken, complete, c
     report whether its units are this run's. Written before blend, submit and report (spent_s: so far, final:
     false), and again at the end."""
     names = {s.name for s in complete}
+    adapted = [s for s in taken if s.name not in {m.name for m in cfg.models}]
     per_model = {s.name: round(sum(r["actual_s"] for r in clock.rows if r["model"] == s.name), 1) for s in taken}
     units = [
         {**{k: v for k, v in r.items() if k not in ("group", "key")}, "submitted": r["key"] in submitted}
@@ -262,7 +288,8 @@ def _account(cfg, clock: Clock, started: float, total: float, taken, complete, c
         "spent_s": round(time.time() - started, 1), "final": False,
         "recipe": [s.name for s in taken], "complete": [s.name for s in complete],
         "left_out": [s.name for s in taken if s.name not in names], "not_this_time": [s.name for s in candidates],
-        "shrunk": {s.name: s.epochs for s in taken if s.name not in {m.name for m in cfg.models}},
+        "shrunk": {s.name: s.epochs for s in adapted if s.kind == "finetune"},
+        "resized": {s.name: s.img_size for s in adapted if s.kind != "finetune"},
         "calibration": {f"{k[0]}/{k[1]}" if k[1] else k[0]: round(clock.ratio(k), 2)
                         for k in sorted({r["group"] for r in clock.rows})},
         "seconds_per_model": per_model, "units": units,

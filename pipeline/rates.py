@@ -39,8 +39,30 @@ def model_rates(plan, unit, rates: dict) -> ModelRates:
     comp, spec = plan.comp, plan.cfg.model(unit.meta["model"])
     n_train = len(comp.train)
     n_val = 0 if unit.meta.get("fold", 0) < 0 else n_train / plan.cfg.folds.n_folds
-    dim = rates.get("dims", {}).get(candidate(spec))
-    return ModelRates(spec, rates["eval"][candidate(spec)], rates["setup_s"][candidate(spec)],
+    dim = probed(rates.get("dims", {}), spec)
+    fwd = probed(rates["eval"], spec, per_pixel=True)
+    if fwd is None:
+        raise KeyError(f"the probe timed no model like {candidate(spec)} (backbone, levels): {sorted(rates['eval'])}")
+    return ModelRates(spec, fwd, probed(rates["setup_s"], spec),
                       len(views_for(plan.cfg.predict.views)), n_val, n_train, len(comp.test_ids),
-                      rates["train"].get(candidate(spec, True)),
+                      probed(rates["train"], spec, train=True, per_pixel=True),
                       dim and dim * spec.feature_grid**2, comp.n_classes)  # fmt: skip
+
+
+def _size(key: str) -> int:
+    return int(key.split("@")[1].split("-")[0])
+
+
+def probed(table: dict, spec, train: bool = False, per_pixel: bool = False):
+    """The probe's figure for this model (None when the table has none): its own, else (a model the budget shrank to
+    a size the probe did not time) that of the same backbone, levels and batch at the nearest probed size, scaled by
+    the pixel count when it is a rate (images/s): a convolution's work grows with the pixels it sees."""
+    key = candidate(spec, train)
+    if key in table:
+        return table[key]
+    tail = key.split("@")[1].split("-", 1)[1:]
+    same = [k for k in table if k.split("@")[0] == spec.backbone and k.split("@")[1].split("-", 1)[1:] == tail]
+    if not same:
+        return None
+    near = min(same, key=lambda k: abs(_size(k) - spec.img_size))
+    return table[near] * ((_size(near) / spec.img_size) ** 2 if per_pixel else 1.0)

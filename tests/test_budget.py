@@ -38,8 +38,10 @@ def test_budget_fills_its_time_shrinks_a_rung_that_does_not_fit_and_a_rerun_reus
     assert f"[train] run    {small}/seed0/fold" in out, out
     # each unit says whether the submission reads it: a left-out model's units do not count as spent on it
     for u in plan["units"]:
-        if u["unit"].split("/")[0] not in ("images", "folds"):  # shared: read by whichever model
+        if u["unit"].split("/")[0] not in ("images", "folds", "blend", "submit"):  # shared: read by whichever model
             assert u["submitted"] == (u["model"] in plan["complete"]), u
+        elif u["stage"] in ("blend", "submit"):  # they ran after the models, for the submission
+            assert u["submitted"], u
     assert wall <= 120 * 1.1, wall
     (manifest,) = [json.loads(p.read_text()) for p in (tmp / "submissions").glob("*.json")]
     assert manifest["models"][0] == "head" and sorted(manifest["models"] + manifest["left_out"]) == sorted(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.app import build_plan
-from pipeline.budget import Clock, estimate, model_targets
+from pipeline.budget import MIN_SIZE, Clock, _part_done, alone, estimate, fit, model_targets, resized
 from pipeline.config import load_config
 from pipeline.models import create_model
 from pipeline.pool import ProcessesExecutor
@@ -64,3 +64,28 @@ def test_a_model_left_part_done_is_finished_before_anything_new_starts(tmp):
     # both submitted: every unit that ran is one the submission reads, the shared image caches and folds included
     units = json.loads((tmp / "work" / "tiny-csv" / "budget.json").read_text())["units"]
     assert units and all(u["submitted"] for u in units), units
+    # blend and submit end in it too (they ran after the models); the report does not, and is not counted
+    stages = {u["stage"] for u in units}
+    assert {"blend", "submit"} <= stages and "report" not in stages, stages
+
+
+def test_a_head_whose_features_do_not_fit_reads_them_at_a_smaller_size_named_for_it_and_a_rerun_keeps_it(tmp):
+    big = {**HEADS[0], "name": "big", "img_size": 96}
+    plan = build_plan(load_config(write_config(tmp, "csv", models=[big], runtime={"budget": "600s"})))
+    ensure_done(plan, plan.all("probe") + plan.all("folds"))
+    clock, spec = Clock(plan.load(plan.one("probe")), 0.0), plan.cfg.models[0]
+    full = clock.cost(plan, "big")
+    least = clock.cost(alone(plan, resized(spec, MIN_SIZE)), f"big-s{MIN_SIZE}")
+    assert least < full  # the probe timed 96 px only; fewer pixels are expected to take less
+    assert fit(plan.cfg, plan, spec, clock, 0.9 * least) is None  # not even the smallest fits
+    pick, cost = fit(plan.cfg, plan, spec, clock, 1.01 * least)
+    assert (pick.name, pick.img_size) == (f"big-s{MIN_SIZE}", MIN_SIZE) and cost <= 1.01 * least
+    small = alone(plan, pick)
+    (feats,) = {u.key: u for u in small.units if u.stage == "features" and u.meta["split"] == "train"}.values()
+    assert feats.params["img_size"] == MIN_SIZE and feats.key not in {u.key for u in plan.units}
+    # with more time a fresh plan would take a larger size; a rerun resumes the variant an earlier run started
+    mid, _ = fit(plan.cfg, plan, spec, clock, 0.99 * full)
+    assert MIN_SIZE < mid.img_size < 96
+    ensure_done(small, [small.one("train", model=pick.name, fold=0)])
+    assert fit(plan.cfg, plan, spec, clock, 0.99 * full)[0].name == pick.name
+    assert _part_done(plan, spec)  # and it goes first
