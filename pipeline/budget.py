@@ -30,7 +30,7 @@ from .store import Unit, atomic_write_json, run_id
 MIN_EPOCHS = 3  # a fine-tune shrunk to fit the budget trains at least this many epochs
 MIN_SIZE, SIZE_STEP = 64, 16  # a model on features that does not fit reads features computed at a smaller size
 CALIBRATION = (0.5, 3.0)  # estimates are scaled by what this run's units took against them, within these bounds
-RESERVE = (0.05, 5.0, 30.0)  # kept for blend, submit and report: 5 % of the budget, at least 5 s, at most 30 s
+RESERVE = (0.03, 8.0, 30.0)  # kept for blend, submit and report: 3 % of the budget, at least 8 s, at most 30 s
 BUDGET_FILE = "budget.json"  # in the work dir: the last budget run's account (the report shows it)
 MARGIN = 0.95  # plan for this share of the budget: estimates err, and the whole run must stay within +10 %
 
@@ -193,8 +193,18 @@ def _part_done(plan: Plan, spec: ModelSpec) -> bool:
 
 
 def alone(base: Plan, spec: ModelSpec) -> Plan:
-    """The plan of one model of the base config (its units keep their keys): what the planner costs and runs."""
-    return build_plan(with_models(base.cfg, [spec]), base.stages)
+    """The plan of one model of the base config (its units keep their keys): what the planner costs and runs. Built
+    once per base plan and spec (a plan's units never change; whether they are done is read from the store)."""
+    held, made = _ALONE[0]
+    if held is not base:  # the latest base plan's only: a run has one
+        made = {}
+        _ALONE[0] = (base, made)
+    if repr(spec) not in made:
+        made[repr(spec)] = build_plan(with_models(base.cfg, [spec]), base.stages)
+    return made[repr(spec)]
+
+
+_ALONE: list[tuple[Plan | None, dict[str, Plan]]] = [(None, {})]  # (the base plan, {repr(spec): its one-model plan})
 
 
 def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None = None) -> Config:
