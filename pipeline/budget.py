@@ -270,13 +270,15 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     # whichever model came first); blend and submit count once they have run, the report does not
     ends_in = plan2.all("submit")
     submitted = _ancestors(plan2, ends_in) | {u.key for u in ends_in}
-    account = _account(cfg, clock, started, total, taken, complete, candidates, submitted)
-    atomic_write_json(plan.store.root / BUDGET_FILE, account)  # before the report, which shows it
-    run_stages(plan2, [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)],
-               **options)  # fmt: skip
+    rest = [s for s, m in plan.stages.items() if not m.IMPLICIT and s not in ran and plan2.all(s)]
+    upto = rest.index("submit") + 1 if "submit" in rest else len(rest)
+    run_stages(plan2, rest[:upto], **options)  # blend and submit
     clock.record(plan2, [u for u in plan2.units if u.key in submitted and "model" not in u.meta], "")
     account = _account(cfg, clock, started, total, taken, complete, candidates, submitted)
-    account.update(final=True)
+    atomic_write_json(plan.store.root / BUDGET_FILE, account)  # before the report, which shows it
+    if rest[upto:]:
+        run_stages(plan2, rest[upto:], **options)
+    account.update(spent_s=round(time.time() - started, 1), final=True)
     atomic_write_json(plan.store.root / BUDGET_FILE, account)
     for line in where_it_went(account):
         log("budget", line)
@@ -284,7 +286,7 @@ def run_budget(plan: Plan, started: float, **options) -> None:
 
 def _account(cfg, clock: Clock, started: float, total: float, taken, complete, candidates, submitted: set) -> dict:
     """budget.json: what ran, what it was expected to take, where the time went; `run` and `started_at` tell the
-    report whether its units are this run's. Written before blend, submit and report (spent_s: so far, final:
+    report whether its units are this run's. Written after blend and submit, before the report (spent_s: so far, final:
     false), and again at the end."""
     names = {s.name for s in complete}
     adapted = [s for s in taken if s.name not in {m.name for m in cfg.models}]

@@ -72,7 +72,7 @@ def budget_html(account: dict | None, run: str | None, submitted: set[str]) -> t
     total, units = account["budget_s"], account["units"]
     act, est = sum(u["actual_s"] for u in units), sum(u["estimated_s"] for u in units)
     kept = sum(u["actual_s"] for u in units if u["unit"] in submitted)
-    spent = "spent" if account.get("final") else "spent before blend, submit and report"
+    spent = "spent" if account.get("final") else "spent before the report"
     share = f"{100 * account['spent_s'] / total:.0f} %"
     boxes = [kpi("budget", f"{total:.0f}s", f"{spent}: {account['spent_s']:.0f}s ({share})"),
              kpi("units that ran", f"{act:.0f}s", f"estimated {est:.0f}s"),

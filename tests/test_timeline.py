@@ -83,7 +83,7 @@ def test_budget_run_report_shows_estimates_against_actual_and_the_console_the_sh
     account = json.loads((work / "budget.json").read_text())
     assert account["final"] and facts["timeline"]["run"] == account["run"]
     assert facts["budget"]["units"] == {u["unit"]: [u["estimated_s"], u["actual_s"]] for u in account["units"]}
-    assert len(account["units"]) == 17 and all(u["submitted"] for u in account["units"])  # both models fit
+    assert len(account["units"]) == 19 and all(u["submitted"] for u in account["units"])  # both models, blend, submit
     for u in account["units"]:  # the per-unit table: its estimate, what it took, their ratio
         ratio = f"{u['actual_s'] / u['estimated_s']:.2f}" if u["estimated_s"] else "n/a"
         row = rf"{re.escape(u['unit'])} +{u['model']} +{u['estimated_s']:.2f} +{u['actual_s']:.2f} +{ratio} +yes"
