@@ -75,6 +75,14 @@ class Clock:
     def __init__(self, rates: dict, started: float, slots: int = 1):
         self.rates, self.started, self.rows = rates, started, []
         self.slots = slots  # units the executor runs at once
+        self.plans: dict[str, Plan] = {}  # repr(spec) -> its one-model plan (a clock serves one run's base plan)
+
+    def alone(self, base: Plan, spec: ModelSpec) -> Plan:
+        """The plan of one model of the base config (its units keep their keys): what the planner costs and runs.
+        Built once per spec in a run (a plan's units never change; whether they are done is read from the store)."""
+        if repr(spec) not in self.plans:
+            self.plans[repr(spec)] = build_plan(with_models(base.cfg, [spec]), base.stages)
+        return self.plans[repr(spec)]
 
     def _kind(self, plan: Plan, u) -> str:
         return plan.cfg.model(u.meta["model"]).kind if "model" in u.meta else ""
@@ -134,7 +142,7 @@ def resized(spec: ModelSpec, size: int) -> ModelSpec:
     return dataclasses.replace(spec, name=f"{spec.name}-s{size}", img_size=size)
 
 
-def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> tuple[ModelSpec, float] | None:
+def fit(plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> tuple[ModelSpec, float] | None:
     """(spec, its expected seconds) when its units not done fit in `left`. One that does not is adapted: a variant an
     earlier run started (largest first: a rerun resumes or reuses it rather than starting another), else a fine-tune
     shrunk to the most epochs that fit (at least MIN_EPOCHS), a model on features computed at the largest size that
@@ -143,7 +151,7 @@ def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> 
     if cost <= left:
         return spec, cost
     for small in _started_variants(plan, spec):
-        c = clock.cost(alone(plan, small), small.name)
+        c = clock.cost(clock.alone(plan, small), small.name)
         if c <= left:
             return small, c
     if spec.kind == "finetune" and spec.epochs > MIN_EPOCHS:
@@ -151,7 +159,7 @@ def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> 
     if reads_features(spec.kind):
         for size in range(spec.img_size - SIZE_STEP, MIN_SIZE - 1, -SIZE_STEP):
             small = resized(spec, size)
-            c = clock.cost(alone(plan, small), small.name)
+            c = clock.cost(clock.alone(plan, small), small.name)
             if c <= left:
                 return small, c
     return None
@@ -160,7 +168,7 @@ def fit(cfg: Config, plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> 
 def _fewer_epochs(plan: Plan, spec: ModelSpec, clock: Clock, left: float, cost: float):
     """The fine-tune with the most epochs (at least MIN_EPOCHS) expected to fit: its cost is linear in epochs."""
     one = shrunk(spec, 1)
-    c1 = clock.cost(alone(plan, one), one.name)
+    c1 = clock.cost(clock.alone(plan, one), one.name)
     per_epoch = (cost - c1) / (spec.epochs - 1)
     epochs = min(spec.epochs - 1, int((left - c1) / per_epoch) + 1) if per_epoch > 0 else 0
     if epochs < MIN_EPOCHS:
@@ -181,7 +189,7 @@ def _started_variants(plan: Plan, spec: ModelSpec) -> list[ModelSpec]:
     return [make(spec, n) for n in sorted(found, reverse=True)]
 
 
-def _part_done(plan: Plan, spec: ModelSpec) -> bool:
+def _part_done(plan: Plan, spec: ModelSpec, clock: Clock) -> bool:
     """Some of the model's own units are done and some not, or so of an adapted variant of it an earlier run started
     (a finished one is reused where the ladder takes it: nothing of it is missing)."""
 
@@ -189,22 +197,7 @@ def _part_done(plan: Plan, spec: ModelSpec) -> bool:
         done = [p.store.is_done(u) for u in p.units if u.meta.get("model") == name]
         return any(done) and not all(done)
 
-    return part(plan, spec.name) or any(part(alone(plan, v), v.name) for v in _started_variants(plan, spec))
-
-
-def alone(base: Plan, spec: ModelSpec) -> Plan:
-    """The plan of one model of the base config (its units keep their keys): what the planner costs and runs. Built
-    once per base plan and spec (a plan's units never change; whether they are done is read from the store)."""
-    held, made = _ALONE[0]
-    if held is not base:  # the latest base plan's only: a run has one
-        made = {}
-        _ALONE[0] = (base, made)
-    if repr(spec) not in made:
-        made[repr(spec)] = build_plan(with_models(base.cfg, [spec]), base.stages)
-    return made[repr(spec)]
-
-
-_ALONE: list[tuple[Plan | None, dict[str, Plan]]] = [(None, {})]  # (the base plan, {repr(spec): its one-model plan})
+    return part(plan, spec.name) or any(part(clock.alone(plan, v), v.name) for v in _started_variants(plan, spec))
 
 
 def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None = None) -> Config:
@@ -217,7 +210,7 @@ def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None 
 
 def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float) -> tuple[bool, set[str]]:
     """Run one model's units (what it reads first); (every unit of it done, the stages that ran)."""
-    plan = alone(base, spec)
+    plan = clock.alone(base, spec)
     targets = model_targets(plan, spec.name)
     run_units(plan, targets, deadline=deadline, estimates={u.key: clock.seconds(plan, u) for u in targets})
     clock.record(plan, targets, spec.name)
@@ -236,11 +229,11 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     ensure_done(plan, plan.all("probe") + plan.all("folds"))
     clock = Clock(plan.load(plan.one("probe")), started, chosen_class(plan).slots(plan))
     # a model an earlier run left part-done goes first: its missing folds before anything new (stable otherwise)
-    candidates = sorted(cfg.models, key=lambda s: not _part_done(plan, s))
+    candidates = sorted(cfg.models, key=lambda s: not _part_done(plan, s, clock))
     taken, complete, ran = [], [], set()
     while candidates:
         left = MARGIN * (deadline - time.time()) - reserve
-        picks = ((spec, fit(cfg, plan, spec, clock, left)) for spec in candidates)
+        picks = ((spec, fit(plan, spec, clock, left)) for spec in candidates)
         spec, got = next(((s, g) for s, g in picks if g is not None), (None, None))
         if got is None:
             if not taken:

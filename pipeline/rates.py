@@ -49,8 +49,11 @@ def model_rates(plan, unit, rates: dict) -> ModelRates:
                       dim and dim * spec.feature_grid**2, comp.n_classes)  # fmt: skip
 
 
-def _size(key: str) -> int:
-    return int(key.split("@")[1].split("-")[0])
+def _parts(key: str) -> tuple[str, int, str]:
+    """(backbone, input size, the rest: levels and batch) of a `candidate` key."""
+    backbone, rest = key.split("@")
+    size, _, tail = rest.partition("-")
+    return backbone, int(size), tail
 
 
 def probed(table: dict, spec, train: bool = False, per_pixel: bool = False):
@@ -60,9 +63,9 @@ def probed(table: dict, spec, train: bool = False, per_pixel: bool = False):
     key = candidate(spec, train)
     if key in table:
         return table[key]
-    tail = key.split("@")[1].split("-", 1)[1:]
-    same = [k for k in table if k.split("@")[0] == spec.backbone and k.split("@")[1].split("-", 1)[1:] == tail]
+    backbone, _, tail = _parts(key)
+    same = {_parts(k)[1]: k for k in table if _parts(k)[::2] == (backbone, tail)}
     if not same:
         return None
-    near = min(same, key=lambda k: abs(_size(k) - spec.img_size))
-    return table[near] * ((_size(near) / spec.img_size) ** 2 if per_pixel else 1.0)
+    near = min(same, key=lambda size: abs(size - spec.img_size))
+    return table[same[near]] * ((near / spec.img_size) ** 2 if per_pixel else 1.0)

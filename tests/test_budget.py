@@ -96,8 +96,8 @@ def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resume
     # a later run whose time left buys more than 12 epochs, not all 40: the started variant, not a new shrink
     clock = budget.Clock(plan.load(plan.one("probe")), time.time())
     left = clock.cost(plan, "ft") / 2
-    pick, _ = budget.fit(cfg, plan, cfg.models[0], clock, left)
-    assert budget.fit(cfg, plan, budget.shrunk(cfg.models[0], 39), clock, left)[0].epochs > 12
+    pick, _ = budget.fit(plan, cfg.models[0], clock, left)
+    assert budget.fit(plan, budget.shrunk(cfg.models[0], 39), clock, left)[0].epochs > 12
     assert pick.name == "ft-e12", pick.name
     assert budget.run_model(plan, pick, clock, deadline=time.time() + 600)[0]
     assert "== resume train/ft-e12/seed0/fold0" in (first.store.dir(unit) / "log.txt").read_text()

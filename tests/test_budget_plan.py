@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipeline.app import build_plan
-from pipeline.budget import MIN_SIZE, Clock, _part_done, alone, estimate, fit, model_targets, resized
+from pipeline.budget import MIN_SIZE, Clock, _part_done, estimate, fit, model_targets, resized
 from pipeline.config import load_config
 from pipeline.models import create_model
 from pipeline.pool import ProcessesExecutor
@@ -75,17 +75,17 @@ def test_a_head_whose_features_do_not_fit_reads_them_at_a_smaller_size_named_for
     ensure_done(plan, plan.all("probe") + plan.all("folds"))
     clock, spec = Clock(plan.load(plan.one("probe")), 0.0), plan.cfg.models[0]
     full = clock.cost(plan, "big")
-    least = clock.cost(alone(plan, resized(spec, MIN_SIZE)), f"big-s{MIN_SIZE}")
+    least = clock.cost(clock.alone(plan, resized(spec, MIN_SIZE)), f"big-s{MIN_SIZE}")
     assert least < full  # the probe timed 96 px only; fewer pixels are expected to take less
-    assert fit(plan.cfg, plan, spec, clock, 0.9 * least) is None  # not even the smallest fits
-    pick, cost = fit(plan.cfg, plan, spec, clock, 1.01 * least)
+    assert fit(plan, spec, clock, 0.9 * least) is None  # not even the smallest fits
+    pick, cost = fit(plan, spec, clock, 1.01 * least)
     assert (pick.name, pick.img_size) == (f"big-s{MIN_SIZE}", MIN_SIZE) and cost <= 1.01 * least
-    small = alone(plan, pick)
+    small = clock.alone(plan, pick)
     (feats,) = {u.key: u for u in small.units if u.stage == "features" and u.meta["split"] == "train"}.values()
     assert feats.params["img_size"] == MIN_SIZE and feats.key not in {u.key for u in plan.units}
     # with more time a fresh plan would take a larger size; a rerun resumes the variant an earlier run started
-    mid, _ = fit(plan.cfg, plan, spec, clock, 0.99 * full)
+    mid, _ = fit(plan, spec, clock, 0.99 * full)
     assert MIN_SIZE < mid.img_size < 96
     ensure_done(small, [small.one("train", model=pick.name, fold=0)])
-    assert fit(plan.cfg, plan, spec, clock, 0.99 * full)[0].name == pick.name
-    assert _part_done(plan, spec)  # and it goes first
+    assert fit(plan, spec, clock, 0.99 * full)[0].name == pick.name
+    assert _part_done(plan, spec, clock)  # and it goes first
