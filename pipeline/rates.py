@@ -49,7 +49,7 @@ def model_rates(plan, unit, rates: dict) -> ModelRates:
                       dim and dim * spec.feature_grid**2, comp.n_classes)  # fmt: skip
 
 
-def _parts(key: str) -> tuple[str, int, str]:
+def parts(key: str) -> tuple[str, int, str]:
     """(backbone, input size, the rest: levels and batch) of a `candidate` key."""
     backbone, rest = key.split("@")
     size, _, tail = rest.partition("-")
@@ -63,8 +63,8 @@ def probed(table: dict, spec, train: bool = False, per_pixel: bool = False):
     key = candidate(spec, train)
     if key in table:
         return table[key]
-    backbone, _, tail = _parts(key)
-    same = {_parts(k)[1]: k for k in table if _parts(k)[::2] == (backbone, tail)}
+    backbone, _, tail = parts(key)
+    same = {parts(k)[1]: k for k in table if parts(k)[::2] == (backbone, tail)}
     if not same:
         return None
     near = min(same, key=lambda size: abs(size - spec.img_size))

@@ -11,6 +11,7 @@ from pipeline.budget import MIN_SIZE, Clock, _part_done, estimate, fit, model_ta
 from pipeline.config import load_config
 from pipeline.models import create_model
 from pipeline.pool import ProcessesExecutor
+from pipeline.rates import model_rates
 from pipeline.scheduler import ensure_done
 
 from .conftest import run_cli, write_config
@@ -89,3 +90,12 @@ def test_a_head_whose_features_do_not_fit_reads_them_at_a_smaller_size_named_for
     ensure_done(small, [small.one("train", model=pick.name, fold=0)])
     assert fit(plan, spec, clock, 0.99 * full)[0].name == pick.name
     assert _part_done(plan, spec, clock)  # and it goes first
+
+
+def test_the_probe_times_one_size_of_a_backbone_and_levels_and_scales_the_others_by_their_pixels(tmp):
+    plan = build_plan(load_config(write_config(tmp, "csv", models=HEADS, runtime={"budget": "600s"})))
+    ensure_done(plan, plan.all("probe"))
+    rates = plan.load(plan.one("probe"))
+    assert sorted(rates["eval"]) == ["test_efficientnet@32"]  # b (40 px) is not timed: the probe's seconds are spent
+    a, b = (model_rates(plan, plan.one("train", model=m, fold=0), rates) for m in ("a", "b"))
+    assert b.fwd == pytest.approx(a.fwd * (32 / 40) ** 2) and (b.dim, b.setup) == (a.dim, a.setup)

@@ -1,7 +1,8 @@
 """probe: how fast this machine runs this competition's candidate models (with a budget only).
 
-For every distinct (backbone, input size, feature levels) of the config's models it times a few eval batches, and
-for every fine-tuned one a few training steps (forward, backward, AdamW), on tensors of the model's input size;
+For every fine-tuned model of the config it times a few eval batches and a few training steps (forward, backward,
+AdamW), and for the first model on features of each (backbone, feature levels) a few eval batches, on tensors of the
+model's input size (a model on features at another size is estimated from it, scaled by the pixels: `rates.probed`);
 and it times decoding and resizing this competition's first images. The budget planner turns these rates into the
 expected seconds of every unit. Cached like any unit: its key holds the candidates and what identifies the machine
 (processor, torch threads, device), so a second run on the same machine reuses it.
@@ -23,7 +24,7 @@ import torch
 
 from .. import kinds
 from ..infer import embed, load_resized
-from ..rates import candidate
+from ..rates import candidate, parts
 from ..runtime import amp_context, pick_device, prepare_model
 from ..stage import RunContext
 from ..store import Unit, atomic_write_json
@@ -46,10 +47,24 @@ def machine(rt) -> dict:
             "workers": rt.workers, "gpu": gpu}  # fmt: skip
 
 
+def probed_models(models) -> list:
+    """The models the probe times: each fine-tune (its training at its own size and batch), and the first model on
+    features of each backbone and levels (the probe's seconds come out of the budget)."""
+    out, seen = [], set()
+    for s in models:
+        if kinds.reads_features(s.kind):
+            backbone, _, levels = parts(candidate(s))
+            if (backbone, levels) in seen:
+                continue
+            seen.add((backbone, levels))
+        out.append(s)
+    return out
+
+
 def units(plan) -> list[Unit]:
     if plan.cfg.runtime.budget is None:
         return []
-    specs = {candidate(s): s for s in plan.cfg.models}
+    specs = {candidate(s): s for s in probed_models(plan.cfg.models)}
     train = {candidate(s, True): s for s in plan.cfg.models if kinds.get(s.kind).probe_train}
     params = {"eval": sorted(specs), "train": sorted(train), "machine": machine(plan.cfg.runtime)}
     return [Unit(NAME, "machine", params, {"pixels": plan.fingerprint("train")}, VERSION)]
@@ -76,7 +91,7 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
     for s in sources:
         load_resized(s, plan.comp.train_pixels, 64, "bicubic")
     result["decode_s"] = (time.perf_counter() - t0) / max(1, len(sources))
-    for spec in cfg.models:
+    for spec in probed_models(cfg.models):
         key, tkey, kind = candidate(spec), candidate(spec, True), kinds.get(spec.kind)
         if key in result["eval"] and (not kind.probe_train or tkey in result["train"]):
             continue
