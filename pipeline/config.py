@@ -22,6 +22,7 @@ from . import kind_table as kinds
 from .config_parsing import LADDER_FILE, apply_override, parse_duration, with_preset
 from .schema import (
     CHOICES,
+    CONTRAST_OPS,
     NAME_KEYS,
     RANGES,
     REPO,
@@ -231,10 +232,28 @@ def _check_kind(spec: ModelSpec, where: str) -> None:
         raise ConfigError(f"config key '{where}.feature_grid': for the kinds on cached features only "
                           f"({', '.join(on_features)}); got {spec.feature_grid} on kind {spec.kind}")  # fmt: skip
     _check_snapshots(spec, where)
+    _check_contrast(spec, where, on_features)
     if spec.feature_levels is not None and (not kinds.reads_features(spec.kind) or not spec.feature_levels):
         raise ConfigError(f"config key '{where}.feature_levels': a non-empty list of feature levels, for the kinds "
                           f"on cached features only ({', '.join(on_features)}); got {spec.feature_levels!r} on kind "
                           f"{spec.kind}")  # fmt: skip
+
+
+def _check_contrast(spec: ModelSpec, where: str, on_features: list[str]) -> None:
+    """feature_contrast: distinct operations a view can take, on a kind that reads cached features."""
+    ops = spec.feature_contrast
+    if ops is None:
+        return
+    if (
+        not kinds.reads_features(spec.kind)
+        or not isinstance(ops, list)
+        or not ops
+        or len(set(ops)) < len(ops)
+        or not set(ops) <= set(CONTRAST_OPS)
+    ):
+        raise ConfigError(f"config key '{where}.feature_contrast': a list of distinct operations among "
+                          f"{', '.join(CONTRAST_OPS)}, for the kinds on cached features only "
+                          f"({', '.join(on_features)}); got {ops!r} on kind {spec.kind}")  # fmt: skip
 
 
 def _check_snapshots(spec: ModelSpec, where: str) -> None:

@@ -23,7 +23,7 @@ from . import kinds
 from .config import resolve_path
 from .data import ImageDataset
 from .folding import fold_rows
-from .infer import POLICIES, blend_probs, linear_softmax, merge
+from .infer import POLICIES, blend_probs, contrast_views, linear_softmax, merge, with_contrast
 from .kinds.snapshots import member_weights
 from .metrics import score
 from .models import create_model, preprocessing
@@ -106,7 +106,8 @@ def model_entry(plan: Plan, blend: Unit, report: dict, name: str, out: Path, hal
         "n_classes": comp.n_classes, "img_size": spec.img_size, "cache_size": prep["cache_size"],
         "interpolation": prep["interpolation"], "mean": prep["mean"], "std": prep["std"],
         "crop_pct": prep["crop_pct"], "tta": policy, "views": POLICIES[policy], "merge": how,
-        "levels": spec.feature_levels, "grid": spec.feature_grid, "test_from": "refit" if refit else "folds",
+        "levels": spec.feature_levels, "grid": spec.feature_grid, "contrast": spec.feature_contrast,
+        "test_from": "refit" if refit else "folds",
         "members": [],
     }  # fmt: skip
     for p, t in members(plan, blend, name, refit):
@@ -282,7 +283,9 @@ def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
             if spec.kind == "head":
                 if feats is None:
                     torch.manual_seed(0)
-                    feats = _forward(plan, spec, views, create_model(spec, c).state_dict(), np.arange(n), True)
+                    feats = _forward(plan, spec, views + contrast_views(views, spec.feature_contrast or []),
+                                     create_model(spec, c).state_dict(), np.arange(n), True)  # fmt: skip
+                    feats = with_contrast(feats, len(views))
                 h = plan.load(t)["head"]
                 probs = linear_softmax(feats[:, rows], h["coef"], h["intercept"], h["mean"], h["scale"])
             else:

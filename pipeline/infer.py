@@ -201,6 +201,18 @@ def make_view(x: torch.Tensor, name: str, size: int) -> torch.Tensor:
     return out
 
 
+def contrast_views(views: list[str], ops: list[str]) -> list[str]:
+    """The views a model's `feature_contrast` adds: each view taken by each operation, operation-major."""
+    return [f"{v}_{op}" for op in ops for v in views]
+
+
+def with_contrast(feats: np.ndarray, n_views: int) -> np.ndarray:
+    """(V * (1 + K), n, D) features of V views and then their K contrast views (`contrast_views` order) -> (V, n,
+    D * (1 + K)): each view's features, then their difference from each of its contrast views'."""
+    base, k = feats[:n_views], len(feats) // n_views - 1
+    return np.concatenate([base] + [base - feats[n_views * (j + 1) : n_views * (j + 2)] for j in range(k)], axis=-1)
+
+
 def stack_views(x: torch.Tensor, names: list[str], size: int) -> torch.Tensor:
     """(B, C, S, S) -> (V*B, C, size, size), view-major."""
     return torch.cat([make_view(x, n, size) for n in names], dim=0)

@@ -24,7 +24,7 @@ class ModelRates:
     n_train: int
     n_test: int
     train_rate: float | None  # training images/s (None for kinds on cached features: the probe does not train them)
-    dim: int | None  # features per image a kind on features reads (at its grid); None: not probed
+    dim: int | None  # features per image a kind on features reads (at its grid, with contrasts); None: not probed
     n_classes: int
 
     def sizes(self) -> dict:
@@ -46,7 +46,8 @@ def model_rates(plan, unit, rates: dict) -> ModelRates:
     return ModelRates(spec, fwd, probed(rates["setup_s"], spec),
                       len(views_for(plan.cfg.predict.views)), n_val, n_train, len(comp.test_ids),
                       probed(rates["train"], spec, train=True, per_pixel=True),
-                      dim and dim * spec.feature_grid**2, comp.n_classes)  # fmt: skip
+                      dim and dim * spec.feature_grid**2 * (1 + len(spec.feature_contrast or [])),
+                      comp.n_classes)  # fmt: skip
 
 
 def parts(key: str) -> tuple[str, int, str]:

@@ -99,6 +99,11 @@ class ModelSpec:
     # head kind: each pooled level (or the last feature map) averaged over a grid x grid layout of the image instead
     # of the whole image, concatenated: 1 is global pooling; 2 keeps where things are (orientation, layout, digits)
     feature_grid: int = 1
+    # kinds on features: besides each view's features, their difference from the features of the same view flipped or
+    # rotated by each of these operations (hflip, vflip, rot90, rot180, rot270), computed in a features unit of their
+    # own: what a frozen backbone's pooled features barely tell apart (upside down or not, which way up) shows as the
+    # sign of a difference. None (the default) keeps the keys as they were
+    feature_contrast: list[str] | None = None
     compile: bool = False
     refit: bool = False  # also train one model per seed on every train row; its test predictions replace the folds'
     # finetune kind: also keep the weights of the N best epochs other than the best (by the validation metric), each
@@ -154,6 +159,7 @@ class Runtime:
     budget: str | None = None  # e.g. 10m, 90s, 2h: plan the best recipe that fits this wall time (budget.py)
 
 
+CONTRAST_OPS = ("hflip", "vflip", "rot90", "rot180", "rot270")  # a model's feature_contrast
 CHOICES = {
     "competition.layout": {"csv", "folders", "pixels", "coco"},  # the names of layouts.LAYOUTS (a test checks)
     "competition.task": {"multiclass", "binary"},
@@ -221,8 +227,9 @@ def model_params(spec: ModelSpec) -> dict:
     d = dataclasses.asdict(spec)
     for k in ("name", "seeds", "refit", "pseudo_from", "pseudo_threshold"):  # pseudo: kinds on features only
         d.pop(k)
-    if d["feature_levels"] is None:
-        d.pop("feature_levels")
+    for name in ("feature_levels", "feature_contrast"):
+        if d[name] is None:
+            d.pop(name)
     for name, unset in (("feature_grid", 1), ("snapshots", 0)):  # unset: the keys models had before the option
         if d[name] == unset:
             d.pop(name)

@@ -174,7 +174,8 @@ def test_a_new_test_set_reruns_no_training_and_the_bundle_matches_it(stacked, tm
 
 @pytest.mark.parametrize("layout, model", [
     ("folders", {"name": "tiny", "backbone": "test_efficientnet", "weights": "none"}),
-    ("pixels", {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head"}),
+    ("pixels", {"name": "tiny-head", "backbone": "test_efficientnet", "weights": "none", "kind": "head",
+                "feature_contrast": ["vflip", "rot90"]}),  # each of the ten views less its flipped and turned self
 ])  # fmt: skip
 def test_folders_and_pixels_bundles_match_the_pipeline(tmp, layout, model):
     cfg = write_config(tmp, layout, models=[model], predict={"views": "ten-crop", "batch_size": 32})

@@ -7,6 +7,7 @@ import torch
 from pipeline.app import build_plan
 from pipeline.config import ConfigError, load_config
 from pipeline.executor import UnitFailed
+from pipeline.kinds.base import load_features
 from pipeline.models import create_model, embed, preprocessing
 from pipeline.scheduler import ensure_done
 
@@ -96,3 +97,40 @@ def test_feature_grid_keeps_where_things_are_and_every_grid_comes_from_one_forwa
     ensure_done(plan, plan.all("train"))
     with pytest.raises(ConfigError, match=r"models\[0\]\.feature_grid': for the kinds on cached features only"):
         load_config(write_config(tmp, "csv", models=[{**head(feature_grid=2), "kind": "finetune"}]))
+
+
+def test_feature_contrast_reads_the_shared_plain_unit_and_one_of_flipped_views_appended_as_differences(tmp):
+    models = [head(name="plain", feature_levels=LEVELS), head(feature_levels=LEVELS, feature_contrast=["vflip"])]
+    plan = build_plan(load_config(write_config(tmp, "csv", models=models)))
+    plain, flipped = sorted(plan.all("features", split="train"), key=lambda u: bool(u.meta["contrast"]))
+    # the plain views stay one unit for both models; the flipped views are a unit of their own, named for them
+    assert plain.meta["models"] == ["plain", "mid"] and flipped.meta["models"] == ["mid"]
+    assert flipped.params["views"] == ["center_vflip", "center_hflip_vflip"] and flipped.name.endswith("-vflip/train")
+    alone = build_plan(load_config(write_config(tmp, "csv", models=models[:1])))
+    assert alone.one("features", split="train").key == plain.key  # a plan without the contrast model: the same unit
+    ensure_done(plan, plan.all("features"))
+    mid = plan.one("train", model="mid", fold=0)
+    got = load_features(plan, mid, "features")
+    base = plan.load(plain)["feats"][1]
+    n, d = base.shape[1:]
+    assert got["views"] == ["center", "center_hflip"] and got["feats"][1].shape == (2, n, 2 * d)
+    np.testing.assert_array_equal(got["feats"][1][..., :d], base)
+    # the second half of image k's centre row: its features less those of the image upside down, recomputed here
+    spec = plan.cfg.model("mid")
+    torch.manual_seed(0)
+    model = create_model(spec, plan.comp.n_classes).eval()
+    prep = preprocessing(spec)
+    images = np.load(plan.load(plan.images("train", spec)))
+    off = (prep["cache_size"] - spec.img_size) // 2
+    mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
+    x = torch.from_numpy(images[5, off : off + spec.img_size, off : off + spec.img_size].copy()).permute(2, 0, 1)
+    x = ((x.float() - mean) / std)[None]
+    with torch.no_grad():
+        want = embed(model, x, LEVELS) - embed(model, x.flip(-2), LEVELS)
+    np.testing.assert_allclose(got["feats"][1][0, 5, d:], want[0].numpy(), atol=1e-4)
+    assert np.abs(got["feats"][1][0, :, d:]).max() > 1e-3  # the flip changes the features: the columns say something
+    ensure_done(plan, plan.all("train"))  # the head fits on both halves
+    assert plan.load(plan.one("train", model="mid", fold=0))["head"]["coef"].shape[1] == 2 * d
+    for bad, kind in ((["vflip"], "finetune"), (["upside"], "head"), (["vflip", "vflip"], "head"), ([], "head")):
+        with pytest.raises(ConfigError, match=r"models\[0\]\.feature_contrast': a list of distinct operations"):
+            load_config(write_config(tmp, "csv", models=[{**head(feature_contrast=bad), "kind": kind}]))

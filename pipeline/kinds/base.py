@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..infer import embed
+from ..infer import embed, with_contrast
 
 
 class Kind:
@@ -60,27 +60,60 @@ class OnFeatures(Kind):
     gpu, probe_train = False, False
 
     def train_inputs(self, plan, spec) -> dict[str, str]:
-        if spec.pseudo_from:  # pseudo-labelled: the test rows' features too (the source's units: the train stage)
-            return {"features": features_unit(plan, spec, "train").key,
-                    "test_features": features_unit(plan, spec, "test").key}  # fmt: skip
-        return {"features": features_unit(plan, spec, "train").key}
+        names = ("features", "test_features") if spec.pseudo_from else ("features",)  # pseudo: the test rows' too
+        return _feature_inputs(plan, spec, names)
 
     def pseudo_key(self, spec) -> dict:
         """The key slice of pseudo-labels (none without): the threshold; the source's units are inputs."""
         return {"pseudo_threshold": spec.pseudo_threshold, "pseudo_view": "center"} if spec.pseudo_from else {}
 
     def predict_inputs(self, plan, spec, train_unit) -> dict[str, str]:
-        return {"model": train_unit.key, "train_features": train_unit.inputs["features"],
-                "test_features": features_unit(plan, spec, "test").key}  # fmt: skip
+        return {"model": train_unit.key, **_feature_inputs(plan, spec, ("train_features", "test_features"))}
 
     def probe_forward(self, model, x, spec):
         return embed(model, x, spec.feature_levels, spec.feature_grid)
 
 
-def features_unit(plan, spec, split: str):
-    """The features unit a model reads for a split (models with the same backbone settings share one)."""
-    (unit,) = [u for u in plan.all("features", split=split) if spec.name in u.meta["models"]]
+def features_unit(plan, spec, split: str, contrast: bool = False):
+    """The features unit a model reads for a split (models with the same backbone settings share one); with
+    `contrast`, the one of its `feature_contrast` views."""
+    (unit,) = [u for u in plan.all("features", split=split)
+               if spec.name in u.meta["models"] and bool(u.meta.get("contrast")) == contrast]  # fmt: skip
     return unit
+
+
+def _feature_inputs(plan, spec, names) -> dict[str, str]:
+    """{name: key} of the features units of these inputs ("features" and "train_features": the train split), and
+    {"contrast_" + name: key} of their contrast views' units when the model has `feature_contrast`."""
+    out = {}
+    for name in names:
+        split = "test" if name.startswith("test") else "train"
+        out[name] = features_unit(plan, spec, split).key
+        if spec.feature_contrast:
+            out[f"contrast_{name}"] = features_unit(plan, spec, split, contrast=True).key
+    return out
+
+
+def load_features(plan, unit, name: str) -> dict:
+    """A features input of a unit ({"views", "feats": {grid: (V, n, D)}}); for a model with `feature_contrast`, each
+    view's features followed by their differences from its contrast views' (infer.with_contrast: D * (1 + K) wide)."""
+    feats = plan.load_input(unit, name)
+    if f"contrast_{name}" not in unit.inputs:
+        return feats
+    extra = plan.load_input(unit, f"contrast_{name}")
+    return {"views": feats["views"], "feats": _Contrasted(feats["feats"], extra["feats"], len(feats["views"]))}
+
+
+class _Contrasted(dict):
+    """{grid: (V, n, D * (1 + K))} built from the plain and the contrast units' arrays when first asked for."""
+
+    def __init__(self, base, extra, n_views: int):
+        super().__init__()
+        self.base, self.extra, self.n_views = base, extra, n_views
+
+    def __missing__(self, grid: int) -> np.ndarray:
+        self[grid] = with_contrast(np.concatenate([self.base[grid], self.extra[grid]]), self.n_views)
+        return self[grid]
 
 
 def grid_features(feats: dict, grid: int) -> np.ndarray:

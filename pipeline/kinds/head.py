@@ -15,7 +15,7 @@ from ..infer import linear_softmax
 from ..logreg import StandardLogReg
 from ..metrics import score, selection_metric
 from ..store import atomic_write
-from .base import OnFeatures, centre_features, fold_split, view_features
+from .base import OnFeatures, centre_features, fold_split, load_features, view_features
 from .pseudo import fit_set
 
 # seconds per (row x feature x class) of a fit: 36.6 s for 48,000 rows of 608 features and 10 classes (a 60,000-image
@@ -35,7 +35,7 @@ class Head(OnFeatures):
 
     def train(self, plan, unit, out: Path, ctx=None) -> dict:
         spec, n_classes = plan.cfg.model(unit.meta["model"]), plan.comp.n_classes
-        x = centre_features(plan.load_input(unit, "features"), spec.feature_grid)
+        x = centre_features(load_features(plan, unit, "features"), spec.feature_grid)
         y, _, va = fold_split(plan, unit)
         x_fit, y_fit, pseudo = fit_set(plan, unit, spec, x, out)
         lr = StandardLogReg(n_classes, c=spec.head_c, max_iter=3000, seed=unit.meta["seed"]).fit(x_fit, y_fit)
@@ -52,7 +52,7 @@ class Head(OnFeatures):
 
     def predict(self, plan, unit, views: list[str], va_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         head, grid = plan.load_input(unit, "model")["head"], plan.cfg.model(unit.meta["model"]).feature_grid
-        train, test = plan.load_input(unit, "train_features"), plan.load_input(unit, "test_features")
+        train, test = load_features(plan, unit, "train_features"), load_features(plan, unit, "test_features")
 
         def apply(x):  # (V, N, D) -> (V, N, C)
             return linear_softmax(x, head["coef"], head["intercept"], head["mean"], head["scale"])

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 
 from ..metrics import score, selection_metric
 from ..store import atomic_write
-from .base import OnFeatures, centre_features, fold_split, view_features
+from .base import OnFeatures, centre_features, fold_split, load_features, view_features
 from .pseudo import FIT_ROWS, fit_set
 
 K_GRID = (1, 2, 3, 5, 8, 12, 20, 30, 50)  # candidates; those the fold's training rows allow
@@ -90,7 +90,7 @@ class Knn(OnFeatures):
         n_classes = plan.comp.n_classes
         spec = plan.cfg.model(unit.meta["model"])
         grid = spec.feature_grid
-        x = centre_features(plan.load_input(unit, "features"), grid)
+        x = centre_features(load_features(plan, unit, "features"), grid)
         y, tr, va = fold_split(plan, unit)
         x_fit, y_fit, pseudo = fit_set(plan, unit, spec, x, out)  # with pseudo_from: test rows after the train rows
         mean = x_fit.mean(0)
@@ -114,7 +114,7 @@ class Knn(OnFeatures):
     def predict(self, plan, unit, views: list[str], va_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m, n_classes = plan.load_input(unit, "model")["knn"], plan.comp.n_classes
         grid = plan.cfg.model(unit.meta["model"]).feature_grid
-        train, test = plan.load_input(unit, "train_features"), plan.load_input(unit, "test_features")
+        train, test = load_features(plan, unit, "train_features"), load_features(plan, unit, "test_features")
         fit_x = centre_features(train, grid)[m["rows"]]
         if "test_rows" in m:  # pseudo-labelled test rows, after the train rows (as y holds their classes)
             fit_x = np.concatenate([fit_x, centre_features(test, grid)[m["test_rows"]]])

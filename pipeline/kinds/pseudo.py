@@ -21,7 +21,7 @@ import numpy as np
 
 from ..plan import FULL
 from ..store import atomic_savez
-from .base import centre_features, fold_split
+from .base import centre_features, fold_split, load_features
 
 FIT_ROWS = "fit_rows.npz"
 
@@ -52,7 +52,7 @@ def fit_set(plan, unit, spec, x: np.ndarray, out: Path) -> tuple[np.ndarray, np.
     if not spec.pseudo_from:
         return x[tr], y[tr], {"outputs": [], "scores": {}}
     probs = source_probs(plan, unit)
-    test_x = centre_features(plan.load_input(unit, "test_features"), spec.feature_grid)
+    test_x = centre_features(load_features(plan, unit, "test_features"), spec.feature_grid)
     if len(test_x) != len(probs):
         raise ValueError(f"{unit.label}: {len(test_x)} test feature rows but {len(probs)} source test predictions")
     rows = np.where(probs.max(1) >= spec.pseudo_threshold)[0]

@@ -6,6 +6,9 @@ pooled over the whole image and over a 2 x 2 grid (and the grid a model asks for
 head and a grid head on the same backbone never compute it twice. A new test set recomputes the test features only,
 and never refits them (their keys read the train features alone).
 
+A model with `feature_contrast` also reads a second unit: the same backbone's features of its views flipped or
+rotated (`center_vflip`, ...), which kinds/base.py appends to the plain ones as differences.
+
 Output `features.npz`: `views` (V,), `grids` (G,) and per grid g `feats_g<g>` (V, n, D_g) float32, rows in the
 split's table order.
 """
@@ -19,7 +22,7 @@ import torch
 
 from .. import kinds
 from ..data import ImageDataset
-from ..infer import embed
+from ..infer import contrast_views, embed
 from ..models import check_levels, preprocessing, weights_id
 from ..rates import model_rates
 from ..runtime import make_loader, prepare_model, run_views
@@ -50,14 +53,20 @@ def units(plan) -> list[Unit]:
         # time) names it alike, so it is found done in the same folder
         levels = "-L" + ".".join(map(str, spec.feature_levels)) if spec.feature_levels is not None else ""
         name = f"{spec.backbone}@{spec.img_size}{levels}-{stable_hash(params, 6)}"
-        for split in ("train", "test"):
-            inputs = {"images": plan.images(split, spec).key}
-            unit = Unit(NAME, f"{name}/{split}", {**params, "views": views, "split": split}, inputs, VERSION,
-                        meta={"model": spec.name, "split": split, "models": [spec.name]}, gpu=True)  # fmt: skip
-            if unit.key in made:  # one backbone's features for several models (a head and a knn): computed once
-                made[unit.key].meta["models"].append(spec.name)
-            else:
-                made[unit.key] = unit
+        # feature_contrast: the same views flipped or rotated, a unit of their own, so that the plain views stay one
+        # unit for every model on them
+        ops = spec.feature_contrast or []
+        named = [(name, views, None)] + [(f"{name}-{'.'.join(ops)}", contrast_views(views, ops), ops)] * bool(ops)
+        for folder, its_views, contrast in named:
+            for split in ("train", "test"):
+                inputs = {"images": plan.images(split, spec).key}
+                meta = {"model": spec.name, "split": split, "models": [spec.name], "contrast": contrast}
+                unit = Unit(NAME, f"{folder}/{split}", {**params, "views": its_views, "split": split}, inputs,
+                            VERSION, meta=meta, gpu=True)  # fmt: skip
+                if unit.key in made:  # one backbone's features for several models (a head and a knn): computed once
+                    made[unit.key].meta["models"].append(spec.name)
+                else:
+                    made[unit.key] = unit
     return list(made.values())
 
 
@@ -86,7 +95,7 @@ def run(plan, unit: Unit, out: Path, ctx: RunContext) -> dict:
 
 def estimate(plan, unit: Unit, rates: dict) -> float:
     r = model_rates(plan, unit, rates)
-    return r.setup + len(plan.comp.sources(unit.meta["split"])) * r.views / r.fwd
+    return r.setup + len(plan.comp.sources(unit.meta["split"])) * len(unit.params["views"]) / r.fwd
 
 
 def _poolable(model, cfg, spec, unit: Unit, device) -> dict[int, int]:
