@@ -20,6 +20,16 @@ def head(**kw):
     return {"name": "mid", "backbone": "test_efficientnet", "weights": "none", "kind": "head", **kw}
 
 
+def centre_input(plan, spec, k: int) -> torch.Tensor:
+    """(1, 3, size, size): train image k as the features stage feeds it (cached, centre-cropped, normalised)."""
+    prep = preprocessing(spec)
+    images = np.load(plan.load(plan.images("train", spec)))
+    off = (prep["cache_size"] - spec.img_size) // 2
+    mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
+    x = torch.from_numpy(images[k, off : off + spec.img_size, off : off + spec.img_size].copy()).permute(2, 0, 1)
+    return ((x.float() - mean) / std)[None]
+
+
 def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
     plan = build_plan(load_config(write_config(tmp, "csv", models=[head(feature_levels=LEVELS), head(name="last")])))
     ensure_done(plan, plan.all("features"))
@@ -33,13 +43,8 @@ def test_feature_levels_are_pooled_intermediates_of_each_image(tmp):
     last = plan.load(plan.one("features", model="last", split="train"))
     assert last["feats"][1].shape[-1] == model.num_features  # unset: the pooled pre-logits, as before levels existed
     # row k of the stored centre view is image k, pooled per level: recompute a few on their own
-    prep = preprocessing(spec)
-    images = np.load(plan.load(plan.images("train", spec)))
-    off = (prep["cache_size"] - spec.img_size) // 2
-    mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
-    for k in (0, 7, len(images) - 1):
-        x = torch.from_numpy(images[k, off : off + spec.img_size, off : off + spec.img_size].copy()).permute(2, 0, 1)
-        x = ((x.float() - mean) / std)[None]
+    for k in (0, 7, len(plan.comp.train) - 1):
+        x = centre_input(plan, spec, k)
         with torch.no_grad():
             inter = model.forward_intermediates(x, indices=LEVELS, intermediates_only=True)
             want = torch.cat([t.mean((2, 3)) for t in inter], 1)[0]
@@ -76,12 +81,7 @@ def test_feature_grid_keeps_where_things_are_and_every_grid_comes_from_one_forwa
     channels = [f["num_chs"] for f in model.feature_info]
     assert stored["feats"][2].shape == (2, len(plan.comp.train), 4 * (channels[1] + channels[-1]))
     assert stored["feats"][1].shape == (2, len(plan.comp.train), channels[1] + channels[-1])
-    prep = preprocessing(spec)
-    images = np.load(plan.load(plan.images("train", spec)))
-    off = (prep["cache_size"] - spec.img_size) // 2
-    mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
-    x = torch.from_numpy(images[3, off : off + spec.img_size, off : off + spec.img_size].copy()).permute(2, 0, 1)
-    x = ((x.float() - mean) / std)[None]
+    x = centre_input(plan, spec, 3)
     with torch.no_grad():
         inter = model.forward_intermediates(x, indices=LEVELS, intermediates_only=True)
     h, w = inter[0].shape[-2:]
@@ -119,12 +119,7 @@ def test_feature_contrast_reads_the_shared_plain_unit_and_one_of_flipped_views_a
     spec = plan.cfg.model("mid")
     torch.manual_seed(0)
     model = create_model(spec, plan.comp.n_classes).eval()
-    prep = preprocessing(spec)
-    images = np.load(plan.load(plan.images("train", spec)))
-    off = (prep["cache_size"] - spec.img_size) // 2
-    mean, std = torch.tensor(prep["mean"]).view(3, 1, 1) * 255, torch.tensor(prep["std"]).view(3, 1, 1) * 255
-    x = torch.from_numpy(images[5, off : off + spec.img_size, off : off + spec.img_size].copy()).permute(2, 0, 1)
-    x = ((x.float() - mean) / std)[None]
+    x = centre_input(plan, spec, 5)
     with torch.no_grad():
         want = embed(model, x, LEVELS) - embed(model, x.flip(-2), LEVELS)
     np.testing.assert_allclose(got["feats"][1][0, 5, d:], want[0].numpy(), atol=1e-4)
