@@ -173,7 +173,8 @@ def predict_batch(m: dict, images: dict, amp: bool, channels_last: bool) -> list
         views = e["views"] + infer.contrast_views(e["views"], e.get("contrast") or [])
         feats = infer.forward_views(m["backbone"], x, views, e["img_size"], amp, channels_last, features=True,
                                     levels=e["levels"], grid=e["grid"])  # fmt: skip
-        feats = infer.with_contrast(feats, len(e["views"])).astype(np.float64)  # float32 differences, as stored
+        v = len(e["views"])
+        feats = infer.with_contrast(feats[:v], feats[v:]).astype(np.float64)  # float32 differences, as stored
         return [infer.linear_softmax(feats, h["coef"], h["intercept"], h["mean"], h["scale"]).astype(np.float32)
                 for h in m["heads"]]  # fmt: skip
     return [infer.forward_views(net, x, e["views"], e["img_size"], amp, channels_last) for net in m["networks"]]

@@ -285,7 +285,7 @@ def half_oof(plan: Plan, blend: Unit, report: dict) -> list[np.ndarray]:
                     torch.manual_seed(0)
                     feats = _forward(plan, spec, views + contrast_views(views, spec.feature_contrast or []),
                                      create_model(spec, c).state_dict(), np.arange(n), True)  # fmt: skip
-                    feats = with_contrast(feats, len(views))
+                    feats = with_contrast(feats[: len(views)], feats[len(views) :])
                 h = plan.load(t)["head"]
                 probs = linear_softmax(feats[:, rows], h["coef"], h["intercept"], h["mean"], h["scale"])
             else:

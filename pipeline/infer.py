@@ -206,11 +206,11 @@ def contrast_views(views: list[str], ops: list[str]) -> list[str]:
     return [f"{v}_{op}" for op in ops for v in views]
 
 
-def with_contrast(feats: np.ndarray, n_views: int) -> np.ndarray:
-    """(V * (1 + K), n, D) features of V views and then their K contrast views (`contrast_views` order) -> (V, n,
+def with_contrast(base: np.ndarray, extra: np.ndarray) -> np.ndarray:
+    """(V, n, D) features of V views and (K * V, n, D) of their K contrast views (`contrast_views` order) -> (V, n,
     D * (1 + K)): each view's features, then their difference from each of its contrast views'."""
-    base, k = feats[:n_views], len(feats) // n_views - 1
-    return np.concatenate([base] + [base - feats[n_views * (j + 1) : n_views * (j + 2)] for j in range(k)], axis=-1)
+    v = len(base)
+    return np.concatenate([base] + [base - extra[j : j + v] for j in range(0, len(extra), v)], axis=-1)
 
 
 def stack_views(x: torch.Tensor, names: list[str], size: int) -> torch.Tensor:

@@ -101,18 +101,18 @@ def load_features(plan, unit, name: str) -> dict:
     if f"contrast_{name}" not in unit.inputs:
         return feats
     extra = plan.load_input(unit, f"contrast_{name}")
-    return {"views": feats["views"], "feats": _Contrasted(feats["feats"], extra["feats"], len(feats["views"]))}
+    return {"views": feats["views"], "feats": _Contrasted(feats["feats"], extra["feats"])}
 
 
 class _Contrasted(dict):
     """{grid: (V, n, D * (1 + K))} built from the plain and the contrast units' arrays when first asked for."""
 
-    def __init__(self, base, extra, n_views: int):
+    def __init__(self, base, extra):
         super().__init__()
-        self.base, self.extra, self.n_views = base, extra, n_views
+        self.base, self.extra = base, extra
 
     def __missing__(self, grid: int) -> np.ndarray:
-        self[grid] = with_contrast(np.concatenate([self.base[grid], self.extra[grid]]), self.n_views)
+        self[grid] = with_contrast(self.base[grid], self.extra[grid])
         return self[grid]
 
 

@@ -56,7 +56,9 @@ def units(plan) -> list[Unit]:
         # feature_contrast: the same views flipped or rotated, a unit of their own, so that the plain views stay one
         # unit for every model on them
         ops = spec.feature_contrast or []
-        named = [(name, views, None)] + [(f"{name}-{'.'.join(ops)}", contrast_views(views, ops), ops)] * bool(ops)
+        named = [(name, views, None)]
+        if ops:
+            named.append((f"{name}-{'.'.join(ops)}", contrast_views(views, ops), ops))
         for folder, its_views, contrast in named:
             for split in ("train", "test"):
                 inputs = {"images": plan.images(split, spec).key}
