@@ -21,6 +21,21 @@ def start(cfg, env: dict | None = None, **kw) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env={**os.environ, **(env or {})}, **kw)  # fmt: skip
 
 
+def freeze_when(proc, ready, slice_s: float = 0.05) -> None:
+    """Let the run's process group go on in short slices, frozen (SIGSTOP) between them, until `ready()` holds while it
+    is frozen; it is left frozen then. The test reads the work dir while nothing moves, so it cannot miss a state that
+    lasts less than one of its polls, however loaded the machine is (a loaded one only makes the slices do less)."""
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        time.sleep(slice_s)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGSTOP)
+        if ready():
+            return
+        os.killpg(proc.pid, signal.SIGCONT)
+    raise AssertionError("the run never reached the state the test waits for")
+
+
 def kill_worker_mid_training(tmp, proc) -> int:
     """Wait until the victim unit has finished an epoch, then SIGKILL the process holding its claim."""
     folder = tmp / "work" / VICTIM
@@ -78,10 +93,10 @@ def test_three_runs_at_once_share_the_work(tmp, reference_run):  # noqa: F811
 def test_ctrl_c_says_how_to_resume(tmp, reference_run):  # noqa: F811
     proc = start(exec_config(tmp, executor="processes"), start_new_session=True)
     folder = tmp / "work" / VICTIM
-    deadline = time.time() + 240
-    while not list(folder.glob("*/.attempt-*/resume.pt")) and time.time() < deadline:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    freeze_when(proc, lambda: bool(list(folder.glob("*/.attempt-*/resume.pt"))))
+    assert not list(folder.glob("*/done.json")), "interrupted too late: the unit had finished"
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group (delivered as it goes on)
+    os.killpg(proc.pid, signal.SIGCONT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     assert "interrupted; run the same command again to resume" in stderr and "Traceback" not in stderr, stderr
@@ -98,11 +113,7 @@ def test_a_run_paused_past_the_claim_timeout_commits_nothing(tmp, reference_run)
     cfg = write_config(tmp, "csv", models=EXEC_MODELS, runtime={"threads": 1, "executor": "local", "claim_timeout": 2})
     paused = start(cfg, env={**fast, "PIPELINE_HOST_ID": "laptop"}, start_new_session=True)
     folder = tmp / "work" / VICTIM
-    deadline = time.time() + 240
-    while not list(folder.glob("*/**/resume.pt")) and time.time() < deadline:  # an epoch done, where it is kept
-        assert paused.poll() is None, paused.communicate()
-        time.sleep(0.005)
-    os.killpg(paused.pid, signal.SIGSTOP)
+    freeze_when(paused, lambda: bool(list(folder.glob("*/**/resume.pt"))))  # an epoch done, where it is kept
     try:
         assert not list(folder.glob("*/done.json")), "paused too late: the unit had finished"
         other = start(cfg, env={**fast, "PIPELINE_HOST_ID": "gpu-node", "PIPELINE_CLOCK_SKEW": "-7200"})
