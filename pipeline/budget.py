@@ -32,6 +32,8 @@ MIN_SIZE, SIZE_STEP = 64, 16  # a model on features that does not fit reads feat
 CALIBRATION = (0.5, 3.0)  # estimates are scaled by what this run's units took against them, within these bounds
 RESERVE = (0.03, 8.0, 30.0)  # kept for blend, submit and report: 3 % of the budget, at least 8 s, at most 30 s
 BUDGET_FILE = "budget.json"  # in the work dir: the last budget run's account (the report shows it)
+LAST_CALL = 8.0  # seconds before the deadline by which a model stopped short may still be finished, when its rest
+# is expected to fit (blend, submit and report take 10-12 s: the run ends within the budget + 5 %)
 MARGIN = 0.95  # plan for this share of the budget: estimates err, and the whole run must stay within +10 %
 
 
@@ -142,27 +144,34 @@ def resized(spec: ModelSpec, size: int) -> ModelSpec:
     return dataclasses.replace(spec, name=f"{spec.name}-s{size}", img_size=size)
 
 
-def fit(plan: Plan, spec: ModelSpec, clock: Clock, left: float) -> tuple[ModelSpec, float] | None:
+def fit(plan: Plan, spec: ModelSpec, clock: Clock, left: float, taken=()) -> tuple[ModelSpec, float] | None:
     """(spec, its expected seconds) when its units not done fit in `left`. One that does not is adapted: a variant an
     earlier run started (largest first: a rerun resumes or reuses it rather than starting another), else a fine-tune
     shrunk to the most epochs that fit (at least MIN_EPOCHS), a model on features computed at the largest size that
-    fits (a multiple of SIZE_STEP, at least MIN_SIZE); else None."""
+    fits (a multiple of SIZE_STEP, at least MIN_SIZE); else None. A variant that is a model already `taken` under
+    another name (lite2-mid160 at 128 px is lite2-mid128) is passed over: it would only be a second copy of it."""
     cost = clock.cost(plan, spec.name)
     if cost <= left:
         return spec, cost
     for small in _started_variants(plan, spec):
         c = clock.cost(clock.alone(plan, small), small.name)
-        if c <= left:
+        if c <= left and not _copy(small, taken):
             return small, c
     if spec.kind == "finetune" and spec.epochs > MIN_EPOCHS:
-        return _fewer_epochs(plan, spec, clock, left, cost)
+        got = _fewer_epochs(plan, spec, clock, left, cost)
+        return None if got is None or _copy(got[0], taken) else got
     if reads_features(spec.kind):
         for size in range(spec.img_size - SIZE_STEP, MIN_SIZE - 1, -SIZE_STEP):
             small = resized(spec, size)
             c = clock.cost(clock.alone(plan, small), small.name)
-            if c <= left:
+            if c <= left and not _copy(small, taken):
                 return small, c
     return None
+
+
+def _copy(spec: ModelSpec, taken) -> bool:
+    """Whether the spec is one of `taken` but for its name."""
+    return any(dataclasses.replace(spec, name=t.name) == t for t in taken)
 
 
 def _fewer_epochs(plan: Plan, spec: ModelSpec, clock: Clock, left: float, cost: float):
@@ -208,11 +217,18 @@ def with_models(cfg: Config, specs: list[ModelSpec], left_out: list[str] | None 
     return out
 
 
-def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float) -> tuple[bool, set[str]]:
-    """Run one model's units (what it reads first); (every unit of it done, the stages that ran)."""
+def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float,
+              last_call: float | None = None) -> tuple[bool, set[str]]:  # fmt: skip
+    """Run one model's units (what it reads first) by the deadline; (every unit of it done, the stages that ran).
+    A model the deadline stopped short whose rest is expected to end by `last_call` (later: into the reserve) is
+    finished: its last fold or its predictions cost little against the trainings they would otherwise throw away."""
     plan = clock.alone(base, spec)
     targets = model_targets(plan, spec.name)
-    run_units(plan, targets, deadline=deadline, estimates={u.key: clock.seconds(plan, u) for u in targets})
+    estimates = {u.key: clock.seconds(plan, u) for u in targets}
+    run_units(plan, targets, deadline=deadline, estimates=estimates)
+    if last_call and 0 < clock.cost(plan, spec.name) <= last_call - time.time():
+        log("budget", f"finishing {spec.name} into the reserve: {clock.cost(plan, spec.name):.0f}s expected")
+        run_units(plan, targets, deadline=last_call, estimates=estimates)
     clock.record(plan, targets, spec.name)
     own = [u for u in plan.units if u.meta.get("model") == spec.name]
     return all(plan.store.is_done(u) for u in own), {u.stage for u in targets}
@@ -233,7 +249,7 @@ def run_budget(plan: Plan, started: float, **options) -> None:
     taken, complete, ran = [], [], set()
     while candidates:
         left = MARGIN * (deadline - time.time()) - reserve
-        picks = ((spec, fit(plan, spec, clock, left)) for spec in candidates)
+        picks = ((spec, fit(plan, spec, clock, left, taken)) for spec in candidates)
         spec, got = next(((s, g) for s, g in picks if g is not None), (None, None))
         if got is None:
             if not taken:
@@ -248,7 +264,7 @@ def run_budget(plan: Plan, started: float, **options) -> None:
         shrink = "" if pick is spec else f" (shrunk from {spec.epochs} epochs)" if pick.epochs != spec.epochs else \
             f" (features at {pick.img_size} px instead of {spec.img_size})"  # fmt: skip
         log("budget", f"next: {pick.name}{shrink}, expected {cost:.0f}s of the {max(left, 0):.0f}s left")
-        finished, stages = run_model(plan, pick, clock, deadline - reserve)
+        finished, stages = run_model(plan, pick, clock, deadline - reserve, deadline - LAST_CALL)
         ran |= stages
         if finished:
             complete.append(pick)

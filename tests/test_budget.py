@@ -91,7 +91,7 @@ def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resume
     first = build_plan(budget.with_models(cfg, [small]))
     unit = first.one("train", model="ft-e12", seed=0, fold=0)
     assert unit.label == "train/ft-e12/seed0/fold0" and unit.params["epochs"] == 12  # its key says what it is
-    run_units(first, [unit], deadline=time.time() + 1.5, estimates={unit.key: 0.0})
+    run_units(first, [unit], deadline=time.time() + 0.6, estimates={unit.key: 0.0})  # 12 epochs: 1.4 s here
     assert not first.store.is_done(unit) and first.store.partial(unit, "resume.pt") is not None
     # a later run whose time left buys more than 12 epochs, not all 40: the started variant, not a new shrink
     clock = budget.Clock(plan.load(plan.one("probe")), time.time())
@@ -101,6 +101,23 @@ def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resume
     assert pick.name == "ft-e12", pick.name
     assert budget.run_model(plan, pick, clock, deadline=time.time() + 600)[0]
     assert "== resume train/ft-e12/seed0/fold0" in (first.store.dir(unit) / "log.txt").read_text()
+
+
+def test_a_model_whose_trainings_are_done_when_the_deadline_comes_is_finished_into_the_reserve(tmp, capsys):
+    from pipeline import budget
+
+    cfg = load_config(write_config(tmp, "csv", models=LADDER[:1]), ["runtime.budget=10m"])
+    plan = build_plan(cfg)
+    ensure_done(plan, [*plan.all("probe"), *plan.all("train")])  # the deadline came after its trainings
+    clock, spec = budget.Clock(plan.load(plan.one("probe")), time.time()), cfg.models[0]
+    rest = clock.cost(plan, "head")
+    assert 0 < rest and plan.all("predict") and not any(plan.store.is_done(u) for u in plan.all("predict"))
+    assert not budget.run_model(plan, spec, clock, deadline=time.time())[0]  # no reserve to run into: left out
+    assert not budget.run_model(plan, spec, clock, deadline=time.time(), last_call=time.time() + rest / 2)[0]
+    assert "finishing" not in capsys.readouterr().out  # its rest is not expected to fit in what is left of it
+    assert budget.run_model(plan, spec, clock, deadline=time.time(), last_call=time.time() + 600)[0]
+    assert "[budget] finishing head into the reserve" in capsys.readouterr().out
+    assert all(plan.store.is_done(u) for u in plan.all("predict"))
 
 
 def test_presets_fill_a_config_that_holds_only_the_competition(tmp):

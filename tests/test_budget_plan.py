@@ -2,6 +2,7 @@
 executor runs at once (and the share of the cores each gets), and a model an earlier run left part-done is taken
 first, so its missing folds finish before anything new starts."""
 
+import dataclasses
 import json
 
 import pytest
@@ -81,6 +82,10 @@ def test_a_head_whose_features_do_not_fit_reads_them_at_a_smaller_size_named_for
     assert fit(plan, spec, clock, 0.9 * least) is None  # not even the smallest fits
     pick, cost = fit(plan, spec, clock, 1.01 * least)
     assert (pick.name, pick.img_size) == (f"big-s{MIN_SIZE}", MIN_SIZE) and cost <= 1.01 * least
+    # a model already taken that it would copy but for its name (the ladder's lite2-mid160 at 128 px is lite2-mid128)
+    same, other = dataclasses.replace(pick, name="small"), dataclasses.replace(pick, name="small", head_c=9.0)
+    assert fit(plan, spec, clock, 1.01 * least, taken=[same]) is None
+    assert fit(plan, spec, clock, 1.01 * least, taken=[other]) == (pick, cost)
     small = clock.alone(plan, pick)
     (feats,) = {u.key: u for u in small.units if u.stage == "features" and u.meta["split"] == "train"}.values()
     assert feats.params["img_size"] == MIN_SIZE and feats.key not in {u.key for u in plan.units}

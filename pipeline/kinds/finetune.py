@@ -246,7 +246,8 @@ def predict_network(plan, unit: Unit, views: list[str], va_rows: np.ndarray):
     return out[0], out[1]
 
 
-EPOCH_S = 0.5  # seconds an epoch takes besides its images, measured on a 2-core CPU with tiny folds (0.5-1.1 s)
+EPOCH_S = 0.3  # seconds an epoch takes besides its images, measured on 2-core CPUs with tiny folds: 0.5-1.1 s on a slow
+# day, 0.1 s on 2026-12-07 (the same machine 2.3x faster); between them, so an estimate errs by at most 3-4x here
 
 
 class FineTune(Kind):
