@@ -226,8 +226,9 @@ def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float,
     targets = model_targets(plan, spec.name)
     estimates = {u.key: clock.seconds(plan, u) for u in targets}
     run_units(plan, targets, deadline=deadline, estimates=estimates)
-    if last_call and 0 < clock.cost(plan, spec.name) <= last_call - time.time():
-        log("budget", f"finishing {spec.name} into the reserve: {clock.cost(plan, spec.name):.0f}s expected")
+    rest = clock.cost(plan, spec.name) if last_call else 0.0
+    if 0 < rest <= last_call - time.time():
+        log("budget", f"finishing {spec.name} into the reserve: {rest:.0f}s expected")
         run_units(plan, targets, deadline=last_call, estimates=estimates)
     clock.record(plan, targets, spec.name)
     own = [u for u in plan.units if u.meta.get("model") == spec.name]
