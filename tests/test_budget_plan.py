@@ -8,7 +8,7 @@ import json
 import pytest
 
 from pipeline.app import build_plan
-from pipeline.budget import MIN_SIZE, Clock, _part_done, estimate, fit, model_targets, resized
+from pipeline.budget import MIN_SIZE, SIZE_STEP, Clock, _part_done, estimate, fit, model_targets, resized
 from pipeline.config import load_config
 from pipeline.models import create_model
 from pipeline.pool import ProcessesExecutor
@@ -78,22 +78,26 @@ def test_a_head_whose_features_do_not_fit_reads_them_at_a_smaller_size_named_for
     clock, spec = Clock(plan.load(plan.one("probe")), 0.0), plan.cfg.models[0]
     full = clock.cost(plan, "big")
     least = clock.cost(clock.alone(plan, resized(spec, MIN_SIZE)), f"big-s{MIN_SIZE}")
-    assert least < full  # the probe timed 96 px only; fewer pixels are expected to take less
+    up = MIN_SIZE + SIZE_STEP
+    nxt = clock.cost(clock.alone(plan, resized(spec, up)), f"big-s{up}")
+    assert least < nxt < full  # the probe timed 96 px only; fewer pixels are expected to take less
+    only = (least + nxt) / 2  # the smallest size fits, the next does not (a fast probe makes them nearly alike)
     assert fit(plan, spec, clock, 0.9 * least) is None  # not even the smallest fits
-    pick, cost = fit(plan, spec, clock, 1.01 * least)
-    assert (pick.name, pick.img_size) == (f"big-s{MIN_SIZE}", MIN_SIZE) and cost <= 1.01 * least
+    pick, cost = fit(plan, spec, clock, only)
+    assert (pick.name, pick.img_size) == (f"big-s{MIN_SIZE}", MIN_SIZE) and cost <= only
     # a model already taken that it would copy but for its name (the ladder's lite2-mid160 at 128 px is lite2-mid128)
     same, other = dataclasses.replace(pick, name="small"), dataclasses.replace(pick, name="small", head_c=9.0)
-    assert fit(plan, spec, clock, 1.01 * least, taken=[same]) is None
-    assert fit(plan, spec, clock, 1.01 * least, taken=[other]) == (pick, cost)
+    assert fit(plan, spec, clock, only, taken=[same]) is None
+    assert fit(plan, spec, clock, only, taken=[other]) == (pick, cost)
     small = clock.alone(plan, pick)
     (feats,) = {u.key: u for u in small.units if u.stage == "features" and u.meta["split"] == "train"}.values()
     assert feats.params["img_size"] == MIN_SIZE and feats.key not in {u.key for u in plan.units}
     # with more time a fresh plan would take a larger size; a rerun resumes the variant an earlier run started
-    mid, _ = fit(plan, spec, clock, 0.99 * full)
+    below = (nxt + full) / 2  # every smaller size fits, 96 px does not
+    mid, _ = fit(plan, spec, clock, below)
     assert MIN_SIZE < mid.img_size < 96
     ensure_done(small, [small.one("train", model=pick.name, fold=0)])
-    assert fit(plan, spec, clock, 0.99 * full)[0].name == pick.name
+    assert fit(plan, spec, clock, below)[0].name == pick.name
     assert _part_done(plan, spec, clock)  # and it goes first
 
 
