@@ -48,6 +48,7 @@ class Result:
     owner: str | None = None  # who holds the claim, for busy
     exitcode: int | str | None = None  # how the worker ended, for died
     retried: bool = False  # died after the executor's own retries (Ray): not sent again
+    seconds: float | None = None  # how long the attempt ran, for stopped (its epochs are kept: a later run resumes)
 
     def __post_init__(self):
         if self.state not in STATES:
@@ -96,7 +97,7 @@ def execute(plan: Plan, key: str, force: bool = False, echo: bool = True, deadli
                                   scratch=scratch, upstream=_upstream(plan, unit))  # fmt: skip
         except BudgetStop as stop:
             ulog.write(f"== stopped: {stop}")
-            return Result("stopped", str(stop), lines=ulog.lines)
+            return Result("stopped", str(stop), lines=ulog.lines, seconds=round(time.time() - started, 3))
         except Exception as err:  # noqa: BLE001 - reported to the scheduler with the unit's name
             return _failed(store, unit, got, staging, err, ulog)
         finally:

@@ -91,6 +91,8 @@ class Clock:
 
     def ratio(self, group: tuple | None = None) -> float:
         rows = [r for r in self.rows if group is None or r["group"] == group]
+        finished = {r["key"] for r in rows if not r.get("stopped")}  # a stopped attempt counts with the one that
+        rows = [r for r in rows if not r.get("stopped") or r["key"] in finished]  # finished the unit, if any
         est, act = sum(r["estimated_s"] for r in rows), sum(r["actual_s"] for r in rows)
         if est < 2.0:  # too little seen to say
             return self.ratio() if group is not None else 1.0
@@ -111,9 +113,16 @@ class Clock:
             ends[u.key] = free[slot] = start + self.seconds(plan, u)
         return max(ends.values(), default=0.0)
 
-    def record(self, plan: Plan, units: list, model: str) -> None:
-        """The units of this model that ran in this run (not reused), with what was expected of them."""
-        seen = {r["key"] for r in self.rows}
+    def record(self, plan: Plan, units: list, model: str, stopped: dict[str, float] | None = None) -> None:
+        """The units of this model that ran in this run (not reused), with what was expected of them; `stopped`: the
+        seconds of attempts the deadline stopped (kept apart: no estimate is theirs, and calibration leaves them out;
+        one that a later attempt finished counts as submitted with it)."""
+        for key, secs in (stopped or {}).items():
+            u = plan.by_key[key]
+            self.rows.append({"unit": u.label, "key": key, "model": model, "group": (u.stage, self._kind(plan, u)),
+                              "stage": u.stage, "kind": self._kind(plan, u), "estimated_s": 0.0,
+                              "actual_s": round(secs, 3), "stopped": True})  # fmt: skip
+        seen = {r["key"] for r in self.rows if not r.get("stopped")}
         for u in units:
             if u.key in seen:  # an image cache, the folds or shared features, counted with the model that ran them
                 continue
@@ -225,12 +234,13 @@ def run_model(base: Plan, spec: ModelSpec, clock: Clock, deadline: float,
     plan = clock.alone(base, spec)
     targets = model_targets(plan, spec.name)
     estimates = {u.key: clock.seconds(plan, u) for u in targets}
-    run_units(plan, targets, deadline=deadline, estimates=estimates)
+    stopped = run_units(plan, targets, deadline=deadline, estimates=estimates)
     rest = clock.cost(plan, spec.name) if last_call else 0.0
     if 0 < rest <= last_call - time.time():
         log("budget", f"finishing {spec.name} into the reserve: {rest:.0f}s expected")
-        run_units(plan, targets, deadline=last_call, estimates=estimates)
-    clock.record(plan, targets, spec.name)
+        for key, secs in run_units(plan, targets, deadline=last_call, estimates=estimates).items():
+            stopped[key] = stopped.get(key, 0.0) + secs
+    clock.record(plan, targets, spec.name, stopped)
     own = [u for u in plan.units if u.meta.get("model") == spec.name]
     return all(plan.store.is_done(u) for u in own), {u.stage for u in targets}
 
@@ -328,8 +338,11 @@ def where_it_went(account: dict) -> list[str]:
     kept = sum(u["actual_s"] for u in units if u["submitted"])
     used = ", ".join(f"{n} {s:.0f}s ({100 * s / total:.0f} %" + ("" if n in account["complete"] else ", not submitted")
                      + ")" for n, s in account["seconds_per_model"].items())  # fmt: skip
+    cut = sum(u["actual_s"] for u in units if u.get("stopped"))
+    cut = f" ({cut:.0f}s of it in attempts the deadline stopped)" if cut else ""
     return [
-        f"spent {account['spent_s']:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s, estimated {est:.0f}s",
+        f"spent {account['spent_s']:.0f}s of {total:.0f}s; the units that ran took {act:.0f}s{cut}, "
+        f"estimated {est:.0f}s",
         f"where it went: {used}",
         f"units that end in the submission took {kept:.0f}s: {100 * kept / total:.0f} % of the budget, "
         f"{100 * kept / act if act else 0:.0f} % of the units' time",

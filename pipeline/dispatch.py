@@ -56,6 +56,7 @@ class _Run:
     def __init__(self, plan: Plan, targets: list[Unit], force, executor, deadline, estimates):
         self.plan, self.deadline, self.estimates = plan, deadline, estimates or {}
         self.forced = {u.key for u in force}
+        self.stopped: dict[str, float] = {}  # key -> seconds its attempt ran before the deadline stopped it
         self.done = _done_now(plan, targets)
         self.pending = list(targets)
         self.running: dict[str, Unit] = {}
@@ -139,6 +140,7 @@ class _Run:
                 if res.state == "done" else f"skip   {u.name} (done)")  # fmt: skip
         elif res.state == "stopped":  # a time budget ended: it stays partial and resumes in a later run
             later = _drop_readers(self.plan, u.key, self.pending)
+            self.stopped[u.key] = res.seconds or 0.0
             log(u.stage, f"paused {u.name}: {res.message}" + (f" ({later} later unit(s) need it)" if later else ""))
         elif res.state in ("lost", "busy"):  # lost: paused past the claim timeout, taken over; busy: another holds it
             self.pending.insert(0, u)
@@ -164,10 +166,11 @@ class _Run:
 
 
 def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor: Executor | None = None,
-              deadline: float | None = None, estimates: dict[str, float] | None = None) -> None:  # fmt: skip
+              deadline: float | None = None, estimates: dict | None = None) -> dict[str, float]:  # fmt: skip
     """Bring every target to done (their dependencies must be among them or done), sent in the order given. Raises
     UnitFailed after the units in flight have finished, if any unit failed. With a deadline (a time budget) a unit
-    whose estimated seconds no longer fit is left out, with what needs it, and a training stops at an epoch's end."""
+    whose estimated seconds no longer fit is left out, with what needs it, and a training stops at an epoch's end;
+    returned: the key and the seconds of each unit so stopped (it stays partial)."""
     _force(plan, list(force))
     run = _Run(plan, targets, force, executor, deadline, estimates)
     try:
@@ -180,6 +183,7 @@ def run_units(plan: Plan, targets: list[Unit], force: list[Unit] = (), executor:
     failures = run.failures
     if failures:
         raise UnitFailed(failures[0] + (f" (and {len(failures) - 1} more failed units)" if len(failures) > 1 else ""))
+    return run.stopped
 
 
 def _done_now(plan: Plan, targets: list[Unit]) -> set[str]:

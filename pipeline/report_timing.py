@@ -72,18 +72,21 @@ def budget_html(account: dict | None, run: str | None, submitted: set[str]) -> t
     total, units = account["budget_s"], account["units"]
     act, est = sum(u["actual_s"] for u in units), sum(u["estimated_s"] for u in units)
     kept = sum(u["actual_s"] for u in units if u["unit"] in submitted)
+    cut = sum(u["actual_s"] for u in units if u.get("stopped"))
     spent = "spent" if account.get("final") else "spent before the report"
     share = f"{100 * account['spent_s'] / total:.0f} %"
     boxes = [kpi("budget", f"{total:.0f}s", f"{spent}: {account['spent_s']:.0f}s ({share})"),
-             kpi("units that ran", f"{act:.0f}s", f"estimated {est:.0f}s"),
+             kpi("units that ran", f"{act:.0f}s", f"estimated {est:.0f}s" + (f"; {cut:.0f}s of it in attempts "
+                 "stopped at the deadline" if cut else "")),
              kpi("on units in the submission", f"{kept:.0f}s", f"{100 * kept / total:.0f} % of the budget, "
                  f"{100 * kept / act if act else 0:.0f} % of the units' time")]  # fmt: skip
     html = (f'<div class="kpis">{"".join(boxes)}</div>' + _per_model(account)
-            + img(plots.estimate_vs_actual(units), "estimated against actual seconds") + _per_group(account)
+            + img(plots.estimate_vs_actual([u for u in units if not u.get("stopped")]),
+                  "estimated against actual seconds") + _per_group(account)
             + _per_unit(units, submitted))  # fmt: skip
     facts = {"budget_s": total, "spent_s": account["spent_s"], "units_s": round(act, 3), "estimated_s": round(est, 3),
              "submitted_s": round(kept, 3), "seconds_per_model": account["seconds_per_model"],
-             "units": {u["unit"]: [u["estimated_s"], u["actual_s"]] for u in units}}  # fmt: skip
+             "units": {_label(u): [u["estimated_s"], u["actual_s"]] for u in units}}  # fmt: skip
     return html, {"budget": facts}
 
 
@@ -97,6 +100,8 @@ def _per_model(account: dict) -> str:
 def _per_group(account: dict) -> str:
     groups: dict[tuple, list] = defaultdict(list)
     for u in account["units"]:
+        if u.get("stopped"):  # no estimate of its own: in the per-unit table
+            continue
         groups[(u.get("stage", u["unit"].split("/")[0]), u.get("kind", ""))].append(u)
     rows = []
     for (stage, kind), g in sorted(groups.items()):
@@ -108,11 +113,16 @@ def _per_group(account: dict) -> str:
 
 
 def _per_unit(units: list[dict], submitted: set[str]) -> str:
-    rows = [[u["unit"], u["model"], f"{u['estimated_s']:.2f}", f"{u['actual_s']:.2f}",
+    rows = [[_label(u), u["model"], f"{u['estimated_s']:.2f}", f"{u['actual_s']:.2f}",
              f"{u['actual_s'] / u['estimated_s']:.2f}" if u["estimated_s"] else "n/a",
              "yes" if u["unit"] in submitted else "no"] for u in units]  # fmt: skip
     header = ["unit", "model", "estimated s", "actual s", "actual / estimated", "in the submission"]
     return "<h3>Per unit</h3>" + table(header, rows)
+
+
+def _label(u: dict) -> str:
+    """A unit's label; an attempt a deadline stopped (it stays resumable) is said to be one."""
+    return u["unit"] + (" (attempt stopped at the deadline)" if u.get("stopped") else "")
 
 
 def timing_panel(markers: dict[str, dict], account: dict | None) -> tuple[str, dict]:

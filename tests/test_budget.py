@@ -91,16 +91,31 @@ def test_a_shrunk_rung_stopped_by_the_deadline_is_the_variant_a_later_run_resume
     first = build_plan(budget.with_models(cfg, [small]))
     unit = first.one("train", model="ft-e12", seed=0, fold=0)
     assert unit.label == "train/ft-e12/seed0/fold0" and unit.params["epochs"] == 12  # its key says what it is
-    run_units(first, [unit], deadline=time.time() + 0.6, estimates={unit.key: 0.0})  # 12 epochs: 1.4 s here
+    stopped = run_units(first, [unit], deadline=time.time() + 0.6, estimates={unit.key: 0.0})  # 12 epochs: 1.4 s
     assert not first.store.is_done(unit) and first.store.partial(unit, "resume.pt") is not None
+    assert list(stopped) == [unit.key] and stopped[unit.key] > 0  # the seconds the stopped attempt ran
     # a later run whose time left buys more than 12 epochs, not all 40: the started variant, not a new shrink
     clock = budget.Clock(plan.load(plan.one("probe")), time.time())
+    clock.record(first, [unit], "ft-e12", stopped)
     left = clock.cost(plan, "ft") / 2
     pick, _ = budget.fit(plan, cfg.models[0], clock, left)
     assert budget.fit(plan, budget.shrunk(cfg.models[0], 39), clock, left)[0].epochs > 12
     assert pick.name == "ft-e12", pick.name
     assert budget.run_model(plan, pick, clock, deadline=time.time() + 600)[0]
     assert "== resume train/ft-e12/seed0/fold0" in (first.store.dir(unit) / "log.txt").read_text()
+    # the account holds both attempts: the time the stopped one ran is not lost from where the budget went, and the
+    # unit it was part of counts it with the submission
+    account = budget._account(cfg, clock, clock.started, 600.0, [pick], [pick], [], {unit.key})
+    rows = [r for r in account["units"] if r["unit"] == unit.label]
+    assert [bool(r.get("stopped")) for r in rows] == [True, False] and all(r["submitted"] for r in rows)
+    assert account["seconds_per_model"]["ft-e12"] == pytest.approx(sum(r["actual_s"] for r in clock.rows), abs=0.1)
+    # calibration: a stopped attempt counts with the attempt that finished its unit; one never finished does not
+    g = ("train", "finetune")
+    clock.rows = [{"key": "a", "group": g, "estimated_s": 10.0, "actual_s": 6.0},
+                  {"key": "a", "group": g, "estimated_s": 0.0, "actual_s": 4.0, "stopped": True},
+                  {"key": "b", "group": g, "estimated_s": 0.0, "actual_s": 50.0, "stopped": True}]  # fmt: skip
+    assert clock.ratio(g) == pytest.approx(1.0)
+    assert f"{stopped[unit.key]:.0f}s of it in attempts the deadline stopped" in budget.where_it_went(account)[0]
 
 
 def test_a_model_whose_trainings_are_done_when_the_deadline_comes_is_finished_into_the_reserve(tmp, capsys):

@@ -98,3 +98,25 @@ def test_budget_run_report_shows_estimates_against_actual_and_the_console_the_sh
     assert re.search(rf"^\[budget\] where it went: {per_model}$", out, flags=re.M), out
     assert re.search(r"^\[budget\] units that end in the submission took \d+s: \d+ % of the budget, 100 % of the "
                      r"units' time$", out, flags=re.M)  # fmt: skip
+
+
+def test_an_attempt_the_deadline_stopped_is_counted_apart_from_the_estimates():
+    from pipeline.report_timing import budget_html
+
+    unit = {"model": "ft", "stage": "train", "kind": "finetune"}
+    first, second = "train/ft/seed0/fold0", "train/ft/seed0/fold1"
+    rows = [{**unit, "unit": first, "estimated_s": 0.0, "actual_s": 4.0, "stopped": True},
+            {**unit, "unit": first, "estimated_s": 10.0, "actual_s": 7.0},  # resumed, and done
+            {**unit, "unit": second, "estimated_s": 0.0, "actual_s": 3.0, "stopped": True}]  # fmt: skip
+    account = {"run": "r1", "budget_s": 300.0, "spent_s": 290.0, "final": True, "complete": ["ft"],
+               "calibration": {"train/finetune": 0.7}, "seconds_per_model": {"ft": 14.0}, "units": rows}  # fmt: skip
+    page, facts = budget_html(account, "r1", {first})
+    text = html.unescape(re.sub(r"<[^>]+>", " ", page))
+    cut = " (attempt stopped at the deadline)"
+    assert facts["budget"]["units"] == {first + cut: [0.0, 4.0], first: [10.0, 7.0], second + cut: [0.0, 3.0]}
+    # what ran counts every attempt; the submission, the attempts of its units; the estimates, finished units only
+    assert facts["budget"]["units_s"] == 14.0 and facts["budget"]["submitted_s"] == 11.0
+    assert "7s of it in attempts stopped at the deadline" in text
+    assert re.search(r"train +finetune +1 +10\.00 +7\.00 +0\.70", text)  # per stage and kind: the finished unit
+    assert re.search(rf"{re.escape(first + cut)} +ft +0\.00 +4\.00 +n/a +yes", text)
+    assert re.search(rf"{re.escape(second + cut)} +ft +0\.00 +3\.00 +n/a +no", text)
