@@ -115,8 +115,8 @@ class Clock:
 
     def record(self, plan: Plan, units: list, model: str, stopped: dict[str, float] | None = None) -> None:
         """The units of this model that ran in this run (not reused), with what was expected of them; `stopped`: the
-        seconds of attempts the deadline stopped (kept apart: no estimate is theirs, and calibration leaves them out;
-        one that a later attempt finished counts as submitted with it)."""
+        seconds of attempts the deadline stopped, each a row of its own with no estimate (one that a later attempt
+        finished counts with that attempt in calibration and in the submitted share; one never finished, in neither)."""
         for key, secs in (stopped or {}).items():
             u = plan.by_key[key]
             self.rows.append({"unit": u.label, "key": key, "model": model, "group": (u.stage, self._kind(plan, u)),
