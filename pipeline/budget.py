@@ -118,28 +118,19 @@ class Clock:
         seconds of attempts the deadline stopped, each a row of its own with no estimate (one that a later attempt
         finished counts with that attempt in calibration and in the submitted share; one never finished, in neither)."""
         for key, secs in (stopped or {}).items():
-            u = plan.by_key[key]
-            self.rows.append({"unit": u.label, "key": key, "model": model, "group": (u.stage, self._kind(plan, u)),
-                              "stage": u.stage, "kind": self._kind(plan, u), "estimated_s": 0.0,
-                              "actual_s": round(secs, 3), "stopped": True})  # fmt: skip
+            self.rows.append(self._row(plan, plan.by_key[key], model, 0.0, round(secs, 3)) | {"stopped": True})
         seen = {r["key"] for r in self.rows if not r.get("stopped")}
         for u in units:
             if u.key in seen:  # an image cache, the folds or shared features, counted with the model that ran them
                 continue
             m = plan.store.read_marker(u) if plan.store.is_done(u) else None
             if m and m.get("started_at", 0) >= self.started:
-                self.rows.append(
-                    {
-                        "unit": u.label,
-                        "key": u.key,
-                        "model": model,
-                        "group": (u.stage, self._kind(plan, u)),
-                        "stage": u.stage,
-                        "kind": self._kind(plan, u),
-                        "estimated_s": round(estimate(plan, u, self.rates), 2),
-                        "actual_s": m["seconds"],
-                    }
-                )
+                self.rows.append(self._row(plan, u, model, round(estimate(plan, u, self.rates), 2), m["seconds"]))
+
+    def _row(self, plan: Plan, u: Unit, model: str, estimated: float, actual: float) -> dict:
+        kind = self._kind(plan, u)
+        return {"unit": u.label, "key": u.key, "model": model, "group": (u.stage, kind), "stage": u.stage,
+                "kind": kind, "estimated_s": estimated, "actual_s": actual}  # fmt: skip
 
 
 def shrunk(spec: ModelSpec, epochs: int) -> ModelSpec:
